@@ -1,0 +1,283 @@
+"""Functional scaled dot-product attention with interchangeable backends.
+
+``attention(q, k, v, ...)`` computes softmax(q k^T * scale + bias) v (Vaswani et al. 2017) with the
+argument semantics of ``torch.nn.functional.scaled_dot_product_attention`` where they overlap, and
+adds mask specs (``attnlab.core.masks``), score modifiers (``attnlab.core.scores``), returned
+weights and the per-row log-sum-exp.
+
+Backends (one signature each, in ``core/backends``):
+  * ``math``   materialised softmax(QK^T/sqrt(d))V: the readable reference; returns weights.
+  * ``sdpa``   torch's fused kernels; what ``auto`` uses whenever it can.
+  * ``tiled``  exact attention by blocks with an online softmax (FlashAttention, Dao et al. 2022),
+               skipping the blocks a mask removes: local attention costs O(L*w).
+  * ``linear`` kernelised linear attention (Katharopoulos et al. 2020): O(L*D^2), approximate.
+
+Shape letters: B batch, H heads (Hq query heads, Hk key/value heads), L/S query/key length,
+D head dim (Dv value head dim).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .masks import Mask, _Causal
+from .scores import ScoreMod
+
+__all__ = ["attention", "AttentionOutput", "AttentionCall", "BACKENDS", "choose_backend"]
+
+BACKENDS = ("math", "sdpa", "tiled", "linear")
+# a mask that removes blocks pays off in the tiled backend above this many score entries
+_TILED_MIN_SCORES = 512 * 512
+
+
+class AttentionOutput(NamedTuple):
+    """What ``attention`` returns when weights or the log-sum-exp are asked for."""
+
+    output: Tensor  # (..., H, L, Dv)
+    weights: Tensor | None  # (..., H, L, S), rows sum to 1 over allowed keys (0 if none)
+    lse: Tensor | None  # (..., H, L), log-sum-exp of the masked scaled scores (-inf if none)
+
+
+@dataclass
+class AttentionCall:
+    """Everything a backend needs beside q, k, v (already validated and 4-D)."""
+
+    attn_mask: Tensor | None  # bool (True = attend) or additive float, broadcastable to (B,H,L,S)
+    mask: Mask | None  # mask spec, is_causal folded in
+    score_mod: ScoreMod | None
+    scale: float
+    dropout_p: float
+    groups: int  # query heads per key/value head (GQA); 1 for ordinary attention
+    need_weights: bool
+    need_lse: bool
+
+    def dense_mask(self, B: int, H: int, L: int, S: int, device, dtype) -> Tensor | None:
+        """The mask spec, the tensor mask and any additive score modifier folded into one dense
+        tensor: bool if all are boolean, else additive float (-inf where masked)."""
+        m = self.attn_mask
+        if self.mask is not None:
+            spec = self.mask.dense(L, S, batch=B if self.mask.batch_size else None,
+                                   heads=H if self.mask.num_heads else None, device=device)
+            if m is None:
+                m = spec
+            elif m.dtype == torch.bool:
+                m = m & spec
+            else:
+                m = m.masked_fill(~spec, float("-inf"))
+        if self.score_mod is not None:
+            if not self.score_mod.additive:
+                raise ValueError(f"{self.score_mod.describe()} is not additive: use the 'math' "
+                                 "or 'tiled' backend")
+            bias = self.score_mod.dense_bias(L, S, heads=H, device=device, dtype=dtype)
+            if m is None:
+                m = bias
+            elif m.dtype == torch.bool:
+                m = bias.masked_fill(~m, float("-inf"))
+            else:
+                m = m + bias
+        return m
+
+    @property
+    def is_plain_causal(self) -> bool:
+        return (isinstance(self.mask, _Causal) and self.mask.align == "top_left"
+                and self.attn_mask is None and self.score_mod is None)
+
+
+def expand_kv(k: Tensor, v: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+    """Repeat key/value heads for grouped-query attention: (B, Hk, S, D) -> (B, Hk*g, S, D)."""
+    if groups == 1:
+        return k, v
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+
+
+def _backend(name: str):
+    try:
+        return importlib.import_module(f"{__package__}.backends.{name}")
+    except ModuleNotFoundError as e:  # pragma: no cover - only while a backend is missing
+        raise ValueError(f"backend {name!r} is not available: {e}") from e
+
+
+def choose_backend(call: AttentionCall, L: int, S: int) -> str:
+    """The backend ``auto`` picks: weights need ``math``; non-additive score modifiers and the
+    log-sum-exp need ``tiled``; masks that remove whole blocks use ``tiled`` on long inputs;
+    everything else goes to torch's fused kernels."""
+    if call.need_weights:
+        return "math"
+    if call.need_lse or (call.score_mod is not None and not call.score_mod.additive):
+        return "tiled"
+    if call.mask is None or call.is_plain_causal:
+        return "sdpa"
+    if L * S >= _TILED_MIN_SCORES and call.attn_mask is None:
+        return "tiled"
+    return "sdpa"
+
+
+def _check_tensor(name: str, t) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.dim() < 3:
+        raise ValueError(f"{name} must have shape (..., H, L, D) with at least 3 dims, "
+                         f"got shape {tuple(t.shape)}")
+
+
+def _validate(q, k, v, attn_mask, dropout_p, scale, enable_gqa, mask, score_mod):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, t)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not (q.dim() == k.dim() == v.dim()):
+        raise ValueError(f"q, k, v must have the same rank, got shapes {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.shape[:-3] == k.shape[:-3] == v.shape[:-3]):
+        raise ValueError(f"batch dims of q {tuple(q.shape[:-3])}, k {tuple(k.shape[:-3])} and "
+                         f"v {tuple(v.shape[:-3])} differ (no implicit broadcasting)")
+    Hq, L, D = q.shape[-3:]
+    Hk, S, Dk = k.shape[-3:]
+    if Dk != D:
+        raise ValueError(f"head dim of k ({Dk}) differs from that of q ({D})")
+    if v.shape[-2] != S:
+        raise ValueError(f"k has {S} keys but v has {v.shape[-2]} values")
+    if v.shape[-3] != Hk:
+        raise ValueError(f"k has {Hk} heads but v has {v.shape[-3]}")
+    if L == 0 or S == 0 or D == 0:
+        raise ValueError(f"empty attention: L={L} queries, S={S} keys, head dim {D}")
+    if Hq != Hk:
+        if not enable_gqa:
+            raise ValueError(f"q has {Hq} heads but k/v have {Hk}: pass enable_gqa=True for "
+                             "grouped-query attention")
+        if Hq % Hk:
+            raise ValueError(f"grouped-query attention needs q heads ({Hq}) to be a multiple "
+                             f"of k/v heads ({Hk})")
+    if not (0.0 <= dropout_p < 1.0):
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)
+                                  and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, Tensor):
+            raise TypeError(f"attn_mask must be a tensor, got {type(attn_mask).__name__}")
+        if not (attn_mask.dtype == torch.bool or attn_mask.dtype.is_floating_point):
+            raise TypeError(f"attn_mask must be bool (True = attend) or float (added to the "
+                            f"scores), got dtype {attn_mask.dtype}")
+        target = (*q.shape[:-1], S)
+        shp = tuple(attn_mask.shape)
+        ok = len(shp) <= len(target) and all(
+            a in (1, b) for a, b in zip(reversed(shp), reversed(target), strict=False))
+        if not ok or len(shp) < 2 or shp[-1] != S or shp[-2] not in (1, L):
+            raise ValueError(f"attn_mask of shape {shp} does not fit attention scores of shape "
+                             f"{target} (..., H, L, S)")
+    if mask is not None and not isinstance(mask, Mask):
+        raise TypeError(f"mask must be an attnlab.core.masks.Mask, got {type(mask).__name__}")
+    if score_mod is not None and not isinstance(score_mod, ScoreMod):
+        raise TypeError(f"score_mod must be an attnlab.core.scores.ScoreMod, "
+                        f"got {type(score_mod).__name__}")
+    if score_mod is not None and score_mod.num_heads not in (None, Hq):
+        raise ValueError(f"score_mod is built for {score_mod.num_heads} heads, q has {Hq}")
+
+
+def _mask_to_4d(m: Tensor, lead: tuple[int, ...], B: int) -> Tensor:
+    """Bring a mask broadcastable to (*lead, H, L, S) to (B or 1, H or 1, L or 1, S)."""
+    while m.dim() < len(lead) + 3:
+        m = m.unsqueeze(0)
+    if all(s == 1 for s in m.shape[: len(lead)]):
+        return m.reshape(1, *m.shape[len(lead):])
+    return m.expand(*lead, *m.shape[len(lead):]).reshape(B, *m.shape[len(lead):])
+
+
+def _raise_non_finite(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+    raise ValueError("attention produced NaN or Inf from finite inputs (overflow in low "
+                     "precision, or an additive attn_mask with NaN/+Inf)")
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    mask: Mask | None = None,
+    score_mod: ScoreMod | None = None,
+    backend: str = "auto",
+    return_weights: bool = False,
+    return_lse: bool = False,
+    check_finite: bool | None = None,
+) -> Tensor | AttentionOutput:
+    """Scaled dot-product attention.
+
+    Args:
+        q: queries (..., Hq, L, D). k: keys (..., Hk, S, D). v: values (..., Hk, S, Dv).
+        attn_mask: bool (True = may attend) or float (added to the scores), broadcastable to
+            (..., Hq, L, S), as in ``F.scaled_dot_product_attention``.
+        dropout_p: dropout on the attention weights (applied whenever > 0, as in SDPA).
+        is_causal: causal mask aligned top-left (SDPA's convention when L != S).
+        scale: score scale; 1/sqrt(D) when None.
+        enable_gqa: allow Hq to be a multiple of Hk (grouped-query / multi-query attention).
+        mask: a mask spec from ``attnlab.core.masks`` (combined with the others by AND).
+        score_mod: a score modifier from ``attnlab.core.scores`` (ALiBi, relative bias, softcap).
+        backend: 'auto', 'math', 'sdpa', 'tiled' or 'linear'.
+        return_weights: also return the attention weights (..., Hq, L, S).
+        return_lse: also return the log-sum-exp of the masked scaled scores (..., Hq, L).
+        check_finite: raise ValueError on NaN/Inf results (default: on CPU only, where the check
+            costs one pass over the output).
+
+    Returns:
+        The output (..., Hq, L, Dv), or an ``AttentionOutput`` when weights or LSE are asked for.
+        A query whose every key is masked gets a zero output (and zero gradients), never NaN.
+    """
+    _validate(q, k, v, attn_mask, dropout_p, scale, enable_gqa, mask, score_mod)
+    lead = tuple(q.shape[:-3])
+    Hq, L, D = q.shape[-3:]
+    Hk, S = k.shape[-3], k.shape[-2]
+    B = math.prod(lead)
+    q4, k4, v4 = (t.reshape(B, *t.shape[-3:]) for t in (q, k, v))
+    if attn_mask is not None:
+        attn_mask = _mask_to_4d(attn_mask, lead, B)
+        if attn_mask.dtype != torch.bool:
+            attn_mask = attn_mask.to(q.dtype)
+    if mask is not None and mask.batch_size is not None and mask.batch_size != B:
+        raise ValueError(f"mask {mask.describe()} is built for batch {mask.batch_size}, "
+                         f"inputs have batch {B}")
+    if is_causal:
+        from .masks import causal
+
+        mask = causal() if mask is None else causal() & mask
+    call = AttentionCall(
+        attn_mask=attn_mask, mask=mask, score_mod=score_mod,
+        scale=float(scale) if scale is not None else 1.0 / math.sqrt(D),
+        dropout_p=float(dropout_p), groups=Hq // Hk,
+        need_weights=return_weights, need_lse=return_lse,
+    )
+    name = choose_backend(call, L, S) if backend == "auto" else backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    out, weights, lse = _backend(name).forward(q4, k4, v4, call)
+
+    if check_finite is None:
+        check_finite = out.device.type == "cpu" and not torch.compiler.is_compiling()
+    if check_finite and not bool(torch.isfinite(out).all()):
+        _raise_non_finite(q, k, v)
+    out = out.reshape(*lead, Hq, L, out.shape[-1])
+    if not (return_weights or return_lse):
+        return out
+    if weights is not None:
+        weights = weights.reshape(*lead, Hq, L, S)
+    if lse is not None:
+        lse = lse.reshape(*lead, Hq, L)
+    return AttentionOutput(out, weights if return_weights else None, lse if return_lse else None)
