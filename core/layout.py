@@ -62,7 +62,8 @@ class TokenLayout:
             raise ValueError(f"num_prefix must be in [0, {self.length}], got {self.num_prefix}")
         if self.prefix_names and len(self.prefix_names) != self.num_prefix:
             raise ValueError(
-                f"prefix_names has {len(self.prefix_names)} names for {self.num_prefix} prefix tokens"
+                f"prefix_names has {len(self.prefix_names)} names for "
+                f"{self.num_prefix} prefix tokens"
             )
 
     def __len__(self) -> int:
@@ -141,7 +142,10 @@ class TextLayout(TokenLayout):
             spans.append((pos, pos + len(piece)))
             cursor = pos + len(piece)
         return cls(
-            length=len(tokens), num_prefix=num_prefix, tokens=tuple(tokens), spans=tuple(spans),
+            length=len(tokens),
+            num_prefix=num_prefix,
+            tokens=tuple(tokens),
+            spans=tuple(spans),
             text=text,
         )
 
@@ -340,7 +344,10 @@ class SpectrogramLayout(TokenLayout):
     def seconds(self, i: int) -> tuple[float, float]:
         """(start, end) time in seconds of the audio token `i` hears."""
         f0, f1 = self.frames(i)
-        return (f0 * self.hop / self.sample_rate, ((f1 - 1) * self.hop + self.win) / self.sample_rate)
+        return (
+            f0 * self.hop / self.sample_rate,
+            ((f1 - 1) * self.hop + self.win) / self.sample_rate,
+        )
 
     def frame_times(self) -> np.ndarray:
         """Centre time in seconds of every STFT frame, shape (num_frames,)."""

@@ -58,7 +58,9 @@ def figure_svg(fig: Any) -> str:
     return buf.getvalue()
 
 
-def raster_svg(image: Image.Image, texts: list[tuple[float, float, str, dict]] | None = None) -> str:
+def raster_svg(
+    image: Image.Image, texts: list[tuple[float, float, str, dict]] | None = None
+) -> str:
     """An SVG holding `image` as an embedded PNG plus vector text labels.
 
     Args:
@@ -97,9 +99,7 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def export(
-    view: View | Image.Image | str, folder: str | Path, stem: str
-) -> dict[str, Path]:
+def export(view: View | Image.Image | str, folder: str | Path, stem: str) -> dict[str, Path]:
     """Write a view as ``stem.png``, ``stem.svg``, ``stem.npz`` and ``stem.json`` in `folder`.
 
     A bare PIL image gets PNG + SVG; an HTML string (the head view) gets ``stem.html``.

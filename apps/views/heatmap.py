@@ -50,7 +50,7 @@ def heatmap(
     title: str = "",
     vmin: float | None = 0.0,
     vmax: float | None = None,
-    max_labels: int = 40,
+    max_labels: int = 30,
     max_cells: int = 512,
     size: tuple[float, float] = (6.4, 5.6),
     dpi: int = 100,
@@ -133,9 +133,11 @@ def model_view(
     if thumb < 8:
         raise ValueError(f"thumb must be >= 8 px, got {thumb}")
     n_layers, n_heads = w.shape[:2]
-    names = _labels(layer_names, n_layers, "layer_names") if layer_names else [
-        f"L{i}" for i in range(n_layers)
-    ]
+    names = (
+        _labels(layer_names, n_layers, "layer_names")
+        if layer_names
+        else [f"L{i}" for i in range(n_layers)]
+    )
     small, _ = downsample(w, thumb)  # (layers, heads, <=thumb, <=thumb)
     small = np.where(np.isfinite(small), small, 0.0)
     head_max = small.max(axis=(-2, -1))

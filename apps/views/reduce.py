@@ -24,9 +24,7 @@ def as_array(x: Any, name: str = "weights") -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def topk_rows(
-    weights: Any, k: int, decimals: int | None = 3
-) -> tuple[np.ndarray, np.ndarray]:
+def topk_rows(weights: Any, k: int, decimals: int | None = 3) -> tuple[np.ndarray, np.ndarray]:
     """Keep the k largest entries of each row of (..., Lq, Lk) weights.
 
     Returns:
@@ -97,9 +95,7 @@ def pool_labels(labels: list[str], factor: int) -> list[str]:
     """Labels for blocks of `factor` positions: "first…" (or the label itself when 1)."""
     if factor <= 1:
         return list(labels)
-    return [
-        labels[i] + ("…" if i + 1 < len(labels) else "") for i in range(0, len(labels), factor)
-    ]
+    return [labels[i] + ("…" if i + 1 < len(labels) else "") for i in range(0, len(labels), factor)]
 
 
 def thin_labels(labels: list[str], max_labels: int = 40) -> list[tuple[int, str]]:
