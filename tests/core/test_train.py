@@ -1,0 +1,179 @@
+"""Trainer: loss falls, exact resume after a crash, schedule, config, checkpoint format,
+and 2-process DDP (torchrun + gloo) against one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from attnlab.core import checkpoint as ckpt
+from attnlab.core.train import TrainConfig, Trainer, lr_at, seed_everything
+from safetensors import safe_open
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+class StandIn(nn.Module):
+    """Small regression net with dropout, so that RNG state matters for exact resume."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Dropout(0.1), nn.Linear(32, 1))
+
+    def loss(self, batch):
+        x, y = batch
+        err = self.net(x).squeeze(-1) - y
+        return err.pow(2).mean(), {"mae": err.abs().mean()}
+
+
+def _data(n: int = 256) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=g)
+    y = torch.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2]
+    return TensorDataset(x, y)
+
+
+def _cfg(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(
+        steps=12, batch_size=32, lr=1e-2, warmup_steps=2, log_every=1, quiet=True,
+        out_dir=str(tmp_path / "run"), device="cpu", seed=3,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def _run(cfg: TrainConfig, resume=None, on_step=None):
+    seed_everything(cfg.seed)
+    model = StandIn()
+    result = Trainer(cfg, model, _data(), _data(64), on_step=on_step).fit(resume)
+    return model, result
+
+
+def test_loss_falls_and_files_are_written(tmp_path):
+    cfg = _cfg(tmp_path, steps=40, grad_accum=2)
+    _, result = _run(cfg)
+    losses = [r["loss"] for r in result.records if "loss" in r]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    out = Path(cfg.out_dir)
+    assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["step"] == 1 and "samples_per_s" in json.loads(lines[0])
+    assert (out / "metrics.csv").read_text().startswith("step,")
+    assert "eval_loss" in result.eval and "eval_mae" in result.eval
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step_to_crash: int):
+    def hook(step: int) -> None:
+        if step == step_to_crash:
+            raise _Crash
+
+    return hook
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_crash_and_resume_is_bit_identical(tmp_path, precision):
+    full_model, full = _run(_cfg(tmp_path / "a", precision=precision, ckpt_every=4))
+    cfg = _cfg(tmp_path / "b", precision=precision, ckpt_every=4)
+    with pytest.raises(_Crash):
+        _run(cfg, on_step=_crash_at(7))  # dies 3 steps after the step-4 checkpoint
+    assert ckpt.read_meta(Path(cfg.out_dir))["step"] == 4
+    resumed_model, resumed = _run(cfg, resume=cfg.out_dir)
+    for (k, a), b in zip(
+        full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), k
+    # The resumed log continues the killed one without duplicates.
+    steps = [json.loads(x)["step"] for x in Path(cfg.out_dir, "metrics.jsonl").open()]
+    assert [s for s in steps] == [s for s in (json.loads(x)["step"] for x in
+            Path(tmp_path / "a" / "run" / "metrics.jsonl").open())]  # fmt: skip
+    last = [r for r in resumed.records if "loss" in r][-1]
+    assert last == [r for r in full.records if "loss" in r][-1] | {
+        k: last[k] for k in ("samples_per_s",)
+    }
+
+
+def test_checkpoint_holds_optimizer_rng_and_position(tmp_path):
+    cfg = _cfg(tmp_path, steps=10, ckpt_every=5)  # 256 // 32 = 8 steps per epoch
+    _run(cfg)
+    path = Path(cfg.out_dir) / "checkpoint.safetensors"
+    meta = ckpt.read_meta(path)
+    assert (meta["step"], meta["epoch"], meta["batch_in_epoch"]) == (10, 1, 2)
+    assert TrainConfig.from_dict(meta["config"]) == cfg
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+    assert {"optim.0.exp_avg", "optim.0.exp_avg_sq", "rng.torch.0"} <= keys
+    assert "model.net.0.weight" in keys
+    assert not list(Path(cfg.out_dir).glob(".*tmp*"))  # atomic write left nothing behind
+
+
+def test_resume_refuses_non_checkpoint_and_changed_config(tmp_path):
+    cfg = _cfg(tmp_path, steps=4)
+    _run(cfg)
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        _run(cfg, resume=bogus)
+    with pytest.raises(ValueError, match="differs from the checkpoint"):
+        _run(cfg.replace(lr=0.5), resume=cfg.out_dir)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 100) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 100) == pytest.approx(1.0)
+    assert lr_at(55, cfg, 100) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(100, cfg, 100) == pytest.approx(0.1)
+    assert lr_at(50, cfg.replace(schedule="constant"), 100) == 1.0
+
+
+def test_config_overrides_and_errors():
+    cfg = TrainConfig(steps=10).with_overrides(["lr=0.01", "steps=5", "model.dim=64", "quiet=true"])
+    assert (cfg.lr, cfg.steps, cfg.model_args, cfg.quiet) == (0.01, 5, {"dim": 64}, True)
+    with pytest.raises(ValueError, match="unknown config key 'bogus'"):
+        cfg.with_overrides(["bogus=1"])
+    with pytest.raises(ValueError, match="'steps' expects int"):
+        cfg.with_overrides(["steps=abc"])
+    with pytest.raises(ValueError, match="precision"):
+        cfg.replace(precision="fp8")
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"stepz": 3})
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert "lr=0.01" in str(cfg)
+
+
+def test_batch_must_split_over_accumulation(tmp_path):
+    with pytest.raises(ValueError, match="grad_accum"):
+        _run(_cfg(tmp_path, batch_size=30, grad_accum=4))
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")  # fmt: skip
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo) gives the loss curve of one process, same global batch."""
+    pytest.importorskip("attnlab.core.toy")
+    overrides = ["steps=6", "batch_size=16", "log_every=1", "ckpt_every=0", "device=cpu",
+                 "model.depth=1", "data.num_train=64", "data.num_eval=16"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"p{nproc}"
+        torchrun = str(Path(sys.executable).with_name("torchrun"))
+        cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "attnlab", "train",
+               "toy", "--quiet", *overrides, f"out_dir={out}"]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[nproc] = [r["loss"] for r in recs if "loss" in r]
+    assert len(runs[1]) == 6
+    torch.testing.assert_close(torch.tensor(runs[2]), torch.tensor(runs[1]), rtol=1e-4, atol=1e-5)
