@@ -96,11 +96,15 @@ def expand_kv(k: Tensor, v: Tensor, groups: int) -> tuple[Tensor, Tensor]:
     return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
 
+_LOADED: dict = {}
+
+
 def _backend(name: str):
-    try:
-        return importlib.import_module(f"{__package__}.backends.{name}")
-    except ModuleNotFoundError as e:  # pragma: no cover - only while a backend is missing
-        raise ValueError(f"backend {name!r} is not available: {e}") from e
+    """The backend module, imported on first use (backends import this module)."""
+    mod = _LOADED.get(name)
+    if mod is None:
+        mod = _LOADED[name] = importlib.import_module(f"{__package__}.backends.{name}")
+    return mod
 
 
 def choose_backend(call: AttentionCall, L: int, S: int) -> str:
@@ -234,8 +238,9 @@ def attention(
         backend: 'auto', 'math', 'sdpa', 'tiled' or 'linear'.
         return_weights: also return the attention weights (..., Hq, L, S).
         return_lse: also return the log-sum-exp of the masked scaled scores (..., Hq, L).
-        check_finite: raise ValueError on NaN/Inf results (default: on CPU only, where the check
-            costs one pass over the output).
+        check_finite: raise ValueError on NaN/Inf results, naming the input at fault (default:
+            on CPU only, where the check is one reduction over the output; on GPUs it would
+            force a synchronisation).
 
     Returns:
         The output (..., Hq, L, Dv), or an ``AttentionOutput`` when weights or LSE are asked for.
@@ -246,7 +251,10 @@ def attention(
     Hq, L, D = q.shape[-3:]
     Hk, S = k.shape[-3], k.shape[-2]
     B = math.prod(lead)
-    q4, k4, v4 = (t.reshape(B, *t.shape[-3:]) for t in (q, k, v))
+    if q.dim() == 4:
+        q4, k4, v4 = q, k, v
+    else:  # fold the leading dims into one batch dim: fused kernels want 4-D inputs
+        q4, k4, v4 = (t.reshape(B, *t.shape[-3:]) for t in (q, k, v))
     if attn_mask is not None:
         attn_mask = _mask_to_4d(attn_mask, lead, B)
         if attn_mask.dtype != torch.bool:
@@ -271,9 +279,11 @@ def attention(
 
     if check_finite is None:
         check_finite = out.device.type == "cpu" and not torch.compiler.is_compiling()
-    if check_finite and not bool(torch.isfinite(out).all()):
+    # one reduction: NaN and Inf propagate into the sum, so a finite sum means a finite output
+    if check_finite and not math.isfinite(out.sum().item()):
         _raise_non_finite(q, k, v)
-    out = out.reshape(*lead, Hq, L, out.shape[-1])
+    if q.dim() != 4:
+        out = out.reshape(*lead, Hq, L, out.shape[-1])
     if not (return_weights or return_lse):
         return out
     if weights is not None:
