@@ -392,18 +392,39 @@ class SpectrogramLayout(TokenLayout):
         g = self.to_grid(weights).sum(-1)  # (..., num_steps)
         return g @ self._frame_matrix()
 
-    def cell_map(self, weights: Any) -> np.ndarray:
+    def cell_map(self, weights: Any, mode: str = "mean") -> np.ndarray:
         """(..., length) -> (..., num_bins, num_frames) map on the spectrogram's own cells.
 
-        Without bands the time profile is repeated over `num_bins` rows (or 1 row).
+        Args:
+            weights: one weight per position.
+            mode: "mean": each cell shows the mean weight of the tokens covering it (what a
+                picture should show; overlapping tokens do not add up); "mass": each token's
+                weight is spread evenly over its cells, so the map sums to the total weight.
+
+        Without bands every row repeats the time axis (`num_bins` rows, at least 1).
         """
+        if mode not in ("mean", "mass"):
+            raise ValueError(f"mode must be 'mean' or 'mass', got {mode!r}")
         g = self.to_grid(weights)  # (..., steps, bands)
-        per_frame = np.einsum("...tb,tf->...bf", g, self._frame_matrix())  # (..., bands, frames)
+        cover = self._frame_matrix() * self.frames_per_token  # (steps, frames) 0/1 coverage
+        if mode == "mass":
+            per_frame = np.einsum("...tb,tf->...bf", g, cover / self.frames_per_token)
+        else:
+            count = np.maximum(cover.sum(0), 1.0)  # tokens covering each frame
+            per_frame = np.einsum("...tb,tf->...bf", g, cover) / count  # (..., bands, frames)
+        rows = max(1, self.num_bins)
         if not self.band_bins:
-            return np.repeat(per_frame, max(1, self.num_bins), axis=-2)
-        out = np.zeros(g.shape[:-2] + (self.num_bins, self.num_frames), dtype=np.float32)
+            if mode == "mass":
+                per_frame = per_frame / rows
+            return np.repeat(per_frame, rows, axis=-2)
+        out = np.zeros(g.shape[:-2] + (rows, self.num_frames), dtype=np.float32)
+        hits = np.zeros((rows, 1), dtype=np.float32)
         for j, (lo, hi) in enumerate(self.band_bins):
-            out[..., lo:hi, :] += per_frame[..., j : j + 1, :] / max(1, hi - lo)
+            share = 1.0 / max(1, hi - lo) if mode == "mass" else 1.0
+            out[..., lo:hi, :] += per_frame[..., j : j + 1, :] * share
+            hits[lo:hi] += 1.0
+        if mode == "mean":  # overlapping bands are averaged too
+            out = out / np.maximum(hits, 1.0)
         return out
 
 
