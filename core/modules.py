@@ -1,0 +1,241 @@
+"""``MultiHeadAttention``: the attention layer every attnlab model uses.
+
+Multi-head attention of Vaswani et al. 2017 with grouped-query / multi-query heads (Ainslie et al.
+2023; Shazeer 2019), self- and cross-attention, causal masking, mask specs, positional schemes
+acting inside attention (RoPE, ALiBi, relative biases; ``core.positional``) and a KV cache for
+incremental decoding (``core.kv_cache``).
+
+Fast path and observability: ``forward`` calls ``attention(..., backend='auto')`` -- torch's
+fused kernels when nothing else is asked -- and always returns a tensor. Its only cost for being
+observable is one attribute check, ``if self._observer is None``; ``core.capture`` sets that
+attribute on the modules it records or edits (and only on those) and clears it afterwards.
+
+Submodule names are state-dict keys and stay stable:
+  self-attention:  ``qkv`` (one fused Linear, features ordered [q heads | k heads | v heads],
+                   timm's layout when Hk = H), ``proj``;
+  cross-attention: ``q``, ``kv`` (fused; or ``k`` and ``v`` when kdim != vdim), ``proj``;
+  positional scheme with parameters: ``pos``.
+
+Shape letters: B batch, H query heads, Hk key/value heads, L queries, S keys, D head dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attention import attention
+from .kv_cache import KVCache
+from .masks import Mask, causal as causal_mask
+from .positional import PositionScheme, build_position
+
+__all__ = ["MultiHeadAttention", "KVCache"]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention, self or cross.
+
+    Args:
+        dim: model width (input and output features).
+        num_heads: query heads H.
+        num_kv_heads: key/value heads Hk (divides H): H = GQA off, 1 = multi-query.
+        head_dim: per-head width D (default dim // num_heads).
+        qkv_bias: bias in the input projections.
+        dropout: dropout on the attention weights and on the output (training only).
+        causal: causal self-attention (aligned bottom-right while decoding with a cache).
+        mask: a mask spec applied at every call (AND-ed with the call's ``mask``).
+        pos: positional scheme acting inside attention: 'rope', 'alibi', 'relative', 'music' or
+            a ``PositionScheme`` (self-attention only).
+        max_len: longest sequence the positional scheme must cover.
+        backend: attention backend ('auto' picks torch's fused kernels when it can).
+        cross: build a cross-attention layer (keys/values from ``context``).
+        kdim, vdim: feature sizes of the context for keys and values (imply ``cross``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        causal: bool = False,
+        mask: Mask | None = None,
+        pos: str | PositionScheme | None = None,
+        max_len: int = 2048,
+        backend: str = "auto",
+        cross: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+    ):
+        super().__init__()
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}), "
+                                 "or give head_dim")
+            head_dim = dim // num_heads
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if mask is not None and not isinstance(mask, Mask):
+            raise TypeError(f"mask must be a core.masks.Mask, got {type(mask).__name__}")
+        cross = cross or kdim is not None or vdim is not None
+        if cross and pos is not None:
+            raise ValueError("pos (positional scheme) applies to self-attention only")
+        self.dim, self.num_heads, self.num_kv_heads, self.head_dim = (
+            dim, num_heads, num_kv_heads, head_dim)
+        self.dropout, self.causal, self.mask, self.backend, self.cross = (
+            dropout, causal, mask, backend, cross)
+        self.scale = head_dim**-0.5
+        inner, kv_inner = num_heads * head_dim, num_kv_heads * head_dim
+        if cross:
+            kdim = dim if kdim is None else kdim
+            vdim = kdim if vdim is None else vdim
+            self.kdim, self.vdim = kdim, vdim
+            self.q = nn.Linear(dim, inner, bias=qkv_bias)
+            if kdim == vdim:
+                self.kv = nn.Linear(kdim, 2 * kv_inner, bias=qkv_bias)
+            else:
+                self.k = nn.Linear(kdim, kv_inner, bias=qkv_bias)
+                self.v = nn.Linear(vdim, kv_inner, bias=qkv_bias)
+        else:
+            self.kdim = self.vdim = dim
+            self.qkv = nn.Linear(dim, inner + 2 * kv_inner, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(dropout)
+        self.pos = build_position(pos, num_heads=num_heads, head_dim=head_dim, max_len=max_len,
+                                  causal=causal)
+        # set by core.capture (record_attention, ablate_heads) and nothing else
+        self._observer = None
+
+    # -- projections ---------------------------------------------------------------------------
+    def _heads(self, t: Tensor, n: int) -> Tensor:
+        B, L, _ = t.shape
+        return t.view(B, L, n, self.head_dim).transpose(1, 2)  # (B, L, n*D) -> (B, n, L, D)
+
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of a cross-attention context (B, S, kdim): each (B, Hk, S, D)."""
+        if hasattr(self, "kv"):
+            k, v = self.kv(context).chunk(2, dim=-1)
+        else:
+            k, v = self.k(context), self.v(context)
+        return self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
+
+    def project(self, x: Tensor, context: Tensor | None = None,
+                kv_cache: KVCache | None = None) -> tuple[Tensor, Tensor, Tensor, int]:
+        """q (B, H, L, D), k, v (B, Hk, S, D) after positional rotation and the cache, and the
+        position offset of the queries. ``forward`` uses it; so do tests and capture."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape (B, L, {self.dim}), got {tuple(x.shape)}")
+        H, Hk = self.num_heads, self.num_kv_heads
+        if self.cross:
+            if context is None:
+                raise ValueError("this is a cross-attention layer: pass context (B, S, kdim)")
+            q = self._heads(self.q(x), H)
+            if kv_cache is not None and kv_cache.k is not None:
+                k, v = kv_cache.k, kv_cache.v  # the context was projected on the first step
+            else:
+                if context.dim() != 3 or context.shape[0] != x.shape[0]:
+                    raise ValueError(f"context must have shape ({x.shape[0]}, S, {self.kdim}), "
+                                     f"got {tuple(context.shape)}")
+                k, v = self.project_kv(context)
+                if kv_cache is not None:
+                    kv_cache.set(k, v)
+            return q, k, v, 0
+        if context is not None:
+            raise ValueError("this is a self-attention layer: build it with cross=True (or "
+                             "kdim/vdim) to attend to a context")
+        B, L, _ = x.shape
+        qkv = self.qkv(x).view(B, L, H + 2 * Hk, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split([H, Hk, Hk], dim=1)  # (B, H, L, D), (B, Hk, L, D) x 2
+        offset = 0 if kv_cache is None else kv_cache.length
+        if self.pos is not None:
+            q, k = self.pos.rotate(q, k, offset)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)
+        return q, k, v, offset
+
+    def attention_args(self, q: Tensor, S: int, offset: int, mask: Mask | None,
+                       attn_mask: Tensor | None) -> dict[str, Any]:
+        """Keyword arguments of ``core.attention`` for this call (masks, score modifier, bias)."""
+        L = q.shape[2]
+        if self.mask is not None:
+            mask = self.mask if mask is None else self.mask & mask
+        is_causal = False
+        if self.causal:
+            if L == S:
+                is_causal = True  # SDPA's top-left causal equals bottom-right when L == S
+            elif L > 1:  # decoding a chunk: the last query sees every key
+                c = causal_mask("bottom_right")
+                mask = c if mask is None else c & mask
+        score_mod = None
+        if self.pos is not None:
+            score_mod = self.pos.score_mod()
+            bias = self.pos.attn_bias(q, S, offset, self.scale)
+            if bias is not None:
+                if attn_mask is None:
+                    attn_mask = bias
+                elif attn_mask.dtype == torch.bool:
+                    attn_mask = bias.masked_fill(~attn_mask, float("-inf"))
+                else:
+                    attn_mask = attn_mask + bias
+        return dict(attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0,
+                    is_causal=is_causal, scale=self.scale,
+                    enable_gqa=self.num_kv_heads != self.num_heads, mask=mask,
+                    score_mod=score_mod, backend=self.backend)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        mask: Mask | None = None,
+        attn_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        """Attend from x (B, L, dim) to itself or to ``context`` (B, S, kdim).
+
+        Args:
+            mask: a mask spec for this call (e.g. ``key_padding(lengths)``).
+            attn_mask: bool (True = attend) or additive float, broadcastable to (B, H, L, S).
+            kv_cache: a ``KVCache``; self-attention appends the new keys to it, cross-attention
+                projects ``context`` on the first call and reuses it.
+
+        Returns:
+            (B, L, dim).
+        """
+        q, k, v, offset = self.project(x, context, kv_cache)
+        args = self.attention_args(q, k.shape[2], offset, mask, attn_mask)
+        if self._observer is None:
+            o = attention(q, k, v, **args)
+        else:
+            o = self._observer(self, q, k, v, args)
+        B, H, L, D = o.shape
+        o = o.transpose(1, 2).reshape(B, L, H * D)  # (B, H, L, D) -> (B, L, H*D)
+        return self.proj_drop(self.proj(o))
+
+    def extra_repr(self) -> str:
+        s = f"dim={self.dim}, num_heads={self.num_heads}, head_dim={self.head_dim}"
+        if self.num_kv_heads != self.num_heads:
+            s += f", num_kv_heads={self.num_kv_heads}"
+        if self.cross:
+            s += ", cross=True"
+        if self.causal:
+            s += ", causal=True"
+        if self.mask is not None:
+            s += f", mask={self.mask.describe()}"
+        return s
+
+
+# the blocks live in core/blocks.py; re-exported here so `core.modules` names every layer
+from .blocks import Block, DecoderBlock, Mlp, TransformerDecoder, TransformerEncoder  # noqa: E402
+
+__all__ += ["Block", "DecoderBlock", "Mlp", "TransformerEncoder", "TransformerDecoder"]
