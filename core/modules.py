@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from .attention import attention
 from .kv_cache import KVCache
-from .masks import Mask, causal as causal_mask
+from .masks import Mask
+from .masks import causal as causal_mask
 from .positional import PositionScheme, build_position
 
 __all__ = ["MultiHeadAttention", "KVCache"]
