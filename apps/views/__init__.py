@@ -15,6 +15,7 @@ from .head_view import (
     head_view_html,
     head_view_js,
     head_view_page,
+    payload_from_html,
 )
 from .heatmap import heatmap, model_view, shared_cmap
 from .overlays import image_overlay, spectrogram_overlay, upsample_grid
@@ -42,6 +43,7 @@ __all__ = [
     "model_view",
     "normalize",
     "piano_roll_arcs",
+    "payload_from_html",
     "plot_bench",
     "plot_curves",
     "pool_labels",

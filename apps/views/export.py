@@ -102,7 +102,8 @@ def _jsonable(x: Any) -> Any:
 def export(view: View | Image.Image | str, folder: str | Path, stem: str) -> dict[str, Path]:
     """Write a view as ``stem.png``, ``stem.svg``, ``stem.npz`` and ``stem.json`` in `folder`.
 
-    A bare PIL image gets PNG + SVG; an HTML string (the head view) gets ``stem.html``.
+    A bare PIL image gets PNG + SVG; an HTML string gets ``stem.html`` (head-view markup is
+    wrapped into a standalone page that runs offline, and its data goes to ``stem.json``).
 
     Returns:
         Mapping from suffix ("png", "svg", "npz", "json", "html") to the written path.
@@ -114,6 +115,12 @@ def export(view: View | Image.Image | str, folder: str | Path, stem: str) -> dic
     out: dict[str, Path] = {}
     if isinstance(view, str):
         out["html"] = folder / f"{stem}.html"
+        if 'class="attn-hv"' in view and "<html" not in view:
+            from .head_view import head_view_page, payload_from_html
+
+            out["json"] = folder / f"{stem}.json"
+            out["json"].write_text(json.dumps(payload_from_html(view)), encoding="utf-8")
+            view = head_view_page(view, title=stem)
         out["html"].write_text(view, encoding="utf-8")
         return out
     if isinstance(view, Image.Image):

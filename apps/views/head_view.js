@@ -83,6 +83,7 @@
         const x = side === "q" ? 0 : xk + 4;
         const bg = el("rect", { x: x, y: HEAD + i * ROW + 1, width: colW - 4, height: ROW - 2,
                                 rx: 3, class: "attn-hv-bg" }, g);
+        bg.style.fillOpacity = "0";
         const t = el("text", { x: side === "q" ? colW - 8 : xk + 10, y: yOf(i),
                                "text-anchor": side === "q" ? "end" : "start",
                                "dominant-baseline": "central" }, g);
@@ -117,8 +118,8 @@
     function draw() {
       swatches.forEach((sw, h) => sw.classList.toggle("off", !state.heads.has(h)));
       linkLayer.replaceChildren();
-      qBg.forEach((r) => r.setAttribute("fill-opacity", "0"));
-      kBg.forEach((r) => r.setAttribute("fill-opacity", "0"));
+      qBg.forEach((r) => { r.style.fillOpacity = "0"; });
+      kBg.forEach((r) => { r.style.fillOpacity = "0"; });
       const heads = [...state.heads].sort((a, b) => a - b);
       const focused = state.focus !== null;
       const total = heads.length * nq * kk;
@@ -144,11 +145,11 @@
         return;
       }
       const own = state.side === "q" ? qBg : kBg, other = state.side === "q" ? kBg : qBg;
-      own[state.focus].setAttribute("fill-opacity", "0.35");
+      own[state.focus].style.fillOpacity = "0.35";
       let top = [];
       mass.forEach((m, j) => {
         if (m > 0) {
-          other[j].setAttribute("fill-opacity", String(Math.min(0.85, 0.1 + m)));
+          other[j].style.fillOpacity = String(Math.min(0.85, 0.1 + m));
           top.push([m, j]);
         }
       });

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from html import escape
+from html import escape, unescape
 from importlib import resources
 from typing import Any
 
@@ -29,7 +29,7 @@ from .plots import OKABE_ITO
 from .reduce import as_array, downsample, pool_labels, topk_rows
 
 __all__ = ["head_colors", "head_view_css", "head_view_data", "head_view_html", "head_view_js",
-           "head_view_page"]  # fmt: skip
+           "head_view_page", "payload_from_html"]  # fmt: skip
 
 _SCALE = 1000  # weights travel as integers in thousandths
 
@@ -160,6 +160,15 @@ def head_view_html(
         '<div class="attn-hv-mount">Attention head view (loading; needs JavaScript).</div>'
         "</div>"
     )
+
+
+def payload_from_html(markup: str) -> dict[str, Any]:
+    """The JSON data embedded in head-view markup (for export and tests)."""
+    start = markup.find('data-attn-hv="')
+    if start < 0:
+        raise ValueError("markup holds no head view (no data-attn-hv attribute)")
+    start += len('data-attn-hv="')
+    return json.loads(unescape(markup[start : markup.index('"', start)]))
 
 
 def head_view_page(markup: str, title: str = "attnlab head view") -> str:

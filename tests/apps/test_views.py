@@ -188,7 +188,10 @@ def test_export_writes_png_svg_npz_json(tmp_path):
     assert json.loads(out["json"].read_text())["q_labels"] == TOKENS[:6]
     mv = views.export(views.model_view(softmax_rows((2, 3, 8, 8))), tmp_path, "mv")
     assert ET.parse(mv["svg"]).getroot().find("{http://www.w3.org/2000/svg}image") is not None
-    assert views.export("<p>x</p>", tmp_path, "hv")["html"].read_text() == "<p>x</p>"
+    assert views.export("<p>x</p>", tmp_path, "p")["html"].read_text() == "<p>x</p>"
+    hv = views.export(views.head_view_html(softmax_rows((2, 6, 6)), TOKENS[:6]), tmp_path, "hv")
+    assert "<script>" in hv["html"].read_text()  # standalone page runs the bundled JS
+    assert json.loads(hv["json"].read_text())["q"] == TOKENS[:6]
     with pytest.raises(ValueError, match="stem"):
         views.export(v, tmp_path, "a/b")
 
