@@ -1,0 +1,444 @@
+"""Core Explorer: a Gradio tab to see what a mask allows, what attention uses, and what it costs.
+
+Pick a mask (full, causal, local window, key padding, document, prefix-LM, cross), L, heads and
+a backend; the tab draws the mask pattern beside the weights on an example input, compares the
+backend's output with the `math` reference, and reports its measured time and peak memory. A
+second tab plots time and memory against L for every backend from the shipped
+``attnlab bench core`` results (FlashAttention-style log-log cost plots, Dao et al. 2022) and
+re-measures small L live. Handlers are plain functions (tested without a server); ``build()``
+returns the ``gr.Blocks``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from attnlab.apps import explorer_lab as lab
+from attnlab.apps.views import head_view_html, head_view_js, heatmap, plot_bench
+from attnlab.core import masks
+
+__all__ = [
+    "ExploreResult",
+    "explore",
+    "run_explorer",
+    "param_visibility",
+    "load_bench_results",
+    "complexity",
+    "remeasure",
+    "run_remeasure",
+    "build",
+]
+
+CONCURRENCY_ID = "explorer_cpu"  # timing listeners share the CPU: one at a time
+PARAMS = ("window", "symmetric", "valid_keys", "n_docs", "prefix", "kv_len")
+_PARAMS_OF = {
+    "local window": ("window", "symmetric"),
+    "key padding": ("valid_keys",),
+    "document": ("n_docs",),
+    "prefix-LM": ("prefix",),
+    "cross": ("kv_len",),
+}
+REMEASURE_MASKS = ("full", "causal", "causal window 256")
+REMEASURE_LENGTHS = (256, 512, 1024, 2048)
+_HEAD_VIEW_MAX = 4_000_000  # weights entries (H * L * S) materialised for the head view
+
+
+@dataclass
+class ExploreResult:
+    """What one explorer run shows."""
+
+    allowed: Image.Image  # mask pattern of the drawn head
+    used: Image.Image  # weights of the drawn head
+    head_view: str  # HTML for gr.HTML (empty when L is too long)
+    table: str  # Markdown: backend, diff vs math, time, memory
+    max_abs_diff: float | None
+    backend: str  # the backend that ran
+    time_ms: float
+    peak_mb: float
+
+
+def _labels(names: list[str], factor: int) -> list[str]:
+    return names if factor == 1 else [str(i) for i in range(0, len(names), factor)]
+
+
+def explore(
+    mask_kind: str,
+    L: int,
+    heads: int,
+    backend: str,
+    input_kind: str = "sentence",
+    seed: int = 0,
+    window: int = 8,
+    symmetric: bool = False,
+    valid_keys=None,
+    n_docs: int = 3,
+    prefix: int = 4,
+    kv_len: int | None = None,
+    head: int = 0,
+) -> ExploreResult:
+    """Run one setting: validate, refuse what does not fit, compute, measure and draw.
+
+    Raises:
+        ValueError: with a sentence a person can act on (bad parameter, too large for memory).
+    """
+    prob = lab.make_mask(
+        mask_kind,
+        L,
+        window=window,
+        symmetric=symmetric,
+        valid_keys=valid_keys,
+        n_docs=n_docs,
+        prefix=prefix,
+        kv_len=kv_len,
+        heads=heads,
+        backend=backend,
+    )
+    head = lab._int(head, "head to draw", 0)
+    if head >= prob.heads:
+        raise ValueError(
+            f"head to draw is {head} but there are only {prob.heads} heads (0 to {prob.heads - 1})"
+        )
+    name = lab.check_fits(prob)  # raises before anything large is allocated
+    q, k, v, ql, kl = lab.make_inputs(input_kind, prob, seed)
+    try:
+        out = lab.run_backend(name, q, k, v, prob.mask)
+    except (ValueError, NotImplementedError) as e:
+        raise ValueError(f"backend {name} cannot run this setting: {e}") from e
+    secs, runs, peak = lab.measure(lambda: lab.run_backend(name, q, k, v, prob.mask))
+
+    ref_ok = lab.estimate_seconds("math", prob) <= lab._MAX_SECONDS
+    ref, w_pool, a_pool, (fq, fk) = lab.reference(q, k, v, prob.mask, head=head)
+    diff = float((out - ref).abs().max()) if ref_ok else None
+    qlab, klab = _labels(ql, fq), _labels(kl, fk)
+    size = (5.0, 4.4)
+    allowed = heatmap(
+        a_pool, qlab, klab, title=f"allowed: {prob.mask.describe()}", vmin=0.0, vmax=1.0, size=size
+    ).image
+    used = heatmap(w_pool, qlab, klab, title=f"used: weights of head {head}", size=size).image
+    hv = ""
+    if prob.heads * prob.L * prob.S <= _HEAD_VIEW_MAX:
+        from attnlab.core import attention
+
+        w_all = attention(q, k, v, mask=prob.mask, backend="math", return_weights=True).weights
+        hv = head_view_html(
+            w_all[0],
+            ql,
+            kl,
+            top_k=6,
+            height=420,
+            title="head view: hover a token to see what it attends to",
+        )
+
+    allowed_frac = (
+        float(a_pool.mean())
+        if fq * fk == 1
+        else prob.mask.allowed_pairs(prob.L, prob.S) / (prob.L * prob.S)
+    )
+    flops = 4.0 * prob.heads * allowed_frac * prob.L * prob.S * lab.HEAD_DIM
+    rows = [
+        ("backend", f"{backend} → **{name}**" if backend == "auto" else f"**{name}**"),
+        ("shape", f"B=1, H={prob.heads}, L={prob.L}, S={prob.S}, D={lab.HEAD_DIM}, float32"),
+        ("allowed (query, key) pairs", f"{allowed_frac:.1%} of L·S"),
+        (
+            "output max abs diff vs math",
+            f"{diff:.2e}" if diff is not None else "skipped (the math reference would be too slow)",
+        ),
+        (
+            "time (median)",
+            f"{secs * 1e3:.2f} ms over {runs} run(s), {flops / secs / 1e9:.1f} useful GFLOP/s",
+        ),
+        ("peak memory (measured)", lab.fmt_bytes(peak)),
+        (
+            "memory estimate (what the refusal check uses)",
+            lab.fmt_bytes(lab.estimate_bytes(name, prob)),
+        ),
+        ("math would need", lab.fmt_bytes(lab.estimate_bytes("math", prob))),
+    ]
+    table = "| quantity | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    if name == "linear":
+        table += (
+            "\n\n*linear attention approximates softmax attention: the weights drawn are "
+            "the exact softmax ones; the difference above is its approximation error.*"
+        )
+    if fq > 1 or fk > 1:
+        table += f"\n\n*pictures pooled in blocks of {fq} queries × {fk} keys.*"
+    return ExploreResult(allowed, used, hv, table, diff, name, secs * 1e3, peak / 2**20)
+
+
+def run_explorer(
+    mask_kind,
+    L,
+    heads,
+    backend,
+    input_kind,
+    seed,
+    window,
+    symmetric,
+    valid_keys,
+    n_docs,
+    prefix,
+    kv_len,
+    head,
+):
+    """Gradio handler of the Run button: `explore`, with errors shown as ``gr.Error``."""
+    try:
+        r = explore(
+            mask_kind,
+            L,
+            heads,
+            backend,
+            input_kind,
+            seed,
+            window,
+            symmetric,
+            valid_keys,
+            n_docs,
+            prefix,
+            kv_len,
+            head,
+        )
+    except ValueError as e:
+        raise gr.Error(str(e), title="Cannot run this setting", print_exception=False) from e
+    return r.allowed, r.used, r.head_view, r.table
+
+
+def param_visibility(mask_kind: str) -> list[dict]:
+    """Show only the parameters of the chosen mask (window, valid keys, documents...)."""
+    shown = _PARAMS_OF.get(mask_kind, ())
+    return [gr.update(visible=p in shown) for p in PARAMS]
+
+
+# --------------------------------------------------------------------------------------------
+# complexity tab
+# --------------------------------------------------------------------------------------------
+def results_path() -> Path:
+    """``attnlab/bench/results/core.json`` inside the installed package (not imported)."""
+    spec = importlib.util.find_spec("attnlab")
+    root = Path(next(iter(spec.submodule_search_locations))) if spec else Path("attnlab")
+    return root / "bench" / "results" / "core.json"
+
+
+def load_bench_results(path: str | Path | None = None) -> list[dict]:
+    """Rows of the shipped benchmark (a list, or a dict holding "rows"/"results")."""
+    p = Path(path) if path is not None else results_path()
+    if not p.is_file():
+        return []
+    data = json.loads(p.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        data = data.get("rows", data.get("results", []))
+    return [r for r in data if isinstance(r, dict) and "L" in r]
+
+
+def _table(rows: list[dict], limit: int = 40) -> str:
+    keys = ("backend", "mask", "pass", "L", "time_ms", "peak_mem_mb", "ratio_sdpa", "gflops")
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows[:limit]:
+        cells = [f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    more = f"\n\n*{len(rows) - limit} more rows in the JSON.*" if len(rows) > limit else ""
+    return "\n".join(lines) + more
+
+
+def complexity(
+    mask_filter: str = "all", pass_filter: str = "all", path: str | Path | None = None
+) -> tuple[Image.Image | None, str]:
+    """Plot the shipped benchmark rows (time and peak memory against L, every backend)."""
+    rows = load_bench_results(path)
+    if not rows:
+        return None, (
+            f"No shipped benchmark results at `{results_path()}` yet: run "
+            "`attnlab bench core` to make them, or re-measure small L below."
+        )
+    if mask_filter not in (None, "", "all"):
+        rows = [r for r in rows if str(r.get("mask")) == mask_filter]
+    if pass_filter not in (None, "", "all"):
+        rows = [r for r in rows if str(r.get("pass")) == pass_filter]
+    if not rows:
+        return None, f"No rows for mask {mask_filter!r} and pass {pass_filter!r}."
+    img = plot_bench(rows, title="attnlab bench core (shipped results)")
+    return img, _table(rows)
+
+
+def _bench_mask(kind: str) -> tuple[str, masks.Mask]:
+    if kind == "full":
+        return "full", masks.full()
+    if kind == "causal":
+        return "causal", masks.causal()
+    if kind == "causal window 256":
+        return "causal_window_256", masks.sliding_window(256)
+    raise ValueError(f"re-measure mask must be one of {', '.join(REMEASURE_MASKS)}; got {kind!r}")
+
+
+def remeasure(mask_kind: str, lengths, heads: int = 8) -> list[dict]:
+    """Measure every backend at small L (<= 2048), forward, B·H = 8, D = 64, in this process.
+
+    Returns rows in the benchmark's format. Settings a backend refuses are left out.
+    """
+    label, mask = _bench_mask(mask_kind)
+    if not lengths:
+        raise ValueError("choose at least one length L to re-measure")
+    Ls = sorted({lab._int(x, "L", 2, 2048) for x in lengths})
+    rows = []
+    for L in Ls:
+        g = torch.Generator().manual_seed(L)
+        q, k, v = (torch.randn(1, heads, L, lab.HEAD_DIM, generator=g) for _ in range(3))
+        pairs = mask.allowed_pairs(L, L)
+        for name in lab.BACKENDS:
+            try:
+                secs, _, peak = lab.measure(
+                    lambda n=name, q=q, k=k, v=v: lab.run_backend(n, q, k, v, mask),
+                    max_seconds=0.5,
+                    repeats=3,
+                )
+            except (ValueError, NotImplementedError):
+                continue
+            rows.append(
+                {
+                    "backend": name,
+                    "mask": label,
+                    "pass": "fwd",
+                    "L": L,
+                    "time_ms": secs * 1e3,
+                    "peak_mem_mb": peak / 2**20,
+                    "gflops": 4.0 * heads * pairs * lab.HEAD_DIM / secs / 1e9,
+                }
+            )
+        sdpa = {r["L"]: r["time_ms"] for r in rows if r["backend"] == "sdpa"}
+        for r in rows:
+            if r["L"] in sdpa:
+                r["ratio_sdpa"] = r["time_ms"] / sdpa[r["L"]]
+    return rows
+
+
+def run_remeasure(mask_kind, lengths):
+    """Gradio handler of the re-measure button."""
+    try:
+        rows = remeasure(mask_kind, lengths)
+    except ValueError as e:
+        raise gr.Error(str(e), title="Cannot re-measure", print_exception=False) from e
+    img = plot_bench(rows, title=f"measured now: {mask_kind}, forward, B·H = 8, D = 64")
+    return img, _table(rows)
+
+
+def _mask_filters() -> list[str]:
+    return ["all", *sorted({str(r.get("mask")) for r in load_bench_results()})]
+
+
+# --------------------------------------------------------------------------------------------
+# layout
+# --------------------------------------------------------------------------------------------
+INTRO = """### Core Explorer
+Choose a mask and a backend: the left picture is what the mask **allows**, the right one what
+a head actually **uses** on the input. Every backend is checked against the `math` reference,
+timed and measured. Settings that would not fit in memory are refused before anything is
+allocated, with the backends that would fit."""
+
+
+def build() -> gr.Blocks:
+    """The Core Explorer as a ``gr.Blocks`` (two tabs: explorer and complexity)."""
+    with gr.Blocks(title="attnlab: Core Explorer") as demo:
+        with gr.Tab("Explorer"):
+            gr.Markdown(INTRO)
+            with gr.Row():
+                with gr.Column(scale=1, min_width=260):
+                    mask = gr.Dropdown(list(lab.MASK_KINDS), value="causal", label="mask")
+                    window = gr.Number(8, precision=0, label="window w", visible=False)
+                    symmetric = gr.Checkbox(
+                        False, label="symmetric window (w // 2 each side)", visible=False
+                    )
+                    valid = gr.Number(
+                        20, precision=0, label="valid keys (the rest is padding)", visible=False
+                    )
+                    n_docs = gr.Slider(1, 16, 3, step=1, label="documents", visible=False)
+                    prefix = gr.Number(6, precision=0, label="prefix length", visible=False)
+                    kv_len = gr.Number(16, precision=0, label="Lk (keys)", visible=False)
+                    L = gr.Number(
+                        32,
+                        precision=0,
+                        minimum=2,
+                        maximum=lab.MAX_L,
+                        label=f"L (queries, 2 to {lab.MAX_L})",
+                    )
+                    heads = gr.Slider(1, 16, 4, step=1, label="heads")
+                    backend = gr.Radio(list(lab.BACKEND_CHOICES), value="auto", label="backend")
+                    inputs = gr.Radio(list(lab.INPUT_KINDS), value="sentence", label="input")
+                    with gr.Row():
+                        seed = gr.Number(0, precision=0, label="seed", min_width=80)
+                        head = gr.Number(
+                            0, precision=0, minimum=0, label="head to draw", min_width=80
+                        )
+                    run = gr.Button("Run", variant="primary", elem_id="explorer-run")
+                with gr.Column(scale=3):
+                    with gr.Row():
+                        allowed = gr.Image(
+                            label="allowed (mask pattern)",
+                            type="pil",
+                            show_label=False,
+                            format="png",
+                            elem_id="explorer-allowed",
+                            buttons=["download"],
+                        )
+                        used = gr.Image(
+                            label="used (attention weights)",
+                            type="pil",
+                            show_label=False,
+                            format="png",
+                            elem_id="explorer-used",
+                            buttons=["download"],
+                        )
+                    table = gr.Markdown("Press **Run**.", elem_id="explorer-results")
+                    hv = gr.HTML("", js_on_load=head_view_js(), elem_id="explorer-head-view")
+            params = [window, symmetric, valid, n_docs, prefix, kv_len]
+            mask.change(param_visibility, mask, params, api_name="explorer_params", queue=False)
+            run.click(
+                run_explorer,
+                [mask, L, heads, backend, inputs, seed, *params, head],
+                [allowed, used, hv, table],
+                api_name="explorer_run",
+                concurrency_id=CONCURRENCY_ID,
+                concurrency_limit=1,
+            )
+        with gr.Tab("Complexity"):
+            gr.Markdown(
+                "### Time and peak memory against L, every backend\nFrom the shipped "
+                "`attnlab bench core` results (float32, B·H = 8, D = 64)."
+            )
+            with gr.Row():
+                mfilt = gr.Dropdown(_mask_filters(), value="all", label="mask")
+                pfilt = gr.Radio(["all", "fwd", "fwd+bwd"], value="fwd", label="pass")
+            shipped = gr.Image(
+                label="shipped results", type="pil", format="png", elem_id="complexity-shipped"
+            )
+            shipped_table = gr.Markdown()
+            gr.Markdown("#### Re-measure now (small L, on this machine, forward only)")
+            with gr.Row():
+                rm_mask = gr.Dropdown(list(REMEASURE_MASKS), value="causal", label="mask")
+                rm_len = gr.CheckboxGroup(
+                    list(REMEASURE_LENGTHS), value=[256, 512, 1024], label="L"
+                )
+                rm_btn = gr.Button("Re-measure", elem_id="complexity-remeasure")
+            live = gr.Image(label="measured now", type="pil", format="png")
+            live_table = gr.Markdown()
+            for comp, api in ((mfilt, "complexity_mask"), (pfilt, "complexity_pass")):
+                comp.change(complexity, [mfilt, pfilt], [shipped, shipped_table], api_name=api)
+            rm_btn.click(
+                run_remeasure,
+                [rm_mask, rm_len],
+                [live, live_table],
+                api_name="complexity_remeasure",
+                concurrency_id=CONCURRENCY_ID,
+                concurrency_limit=1,
+            )
+        demo.load(complexity, [mfilt, pfilt], [shipped, shipped_table], api_name="complexity_load")
+    return demo
+
+
+if __name__ == "__main__":
+    build().launch()

@@ -1,0 +1,426 @@
+"""The Core Explorer's computations: example inputs, mask specs from form values, cost
+estimates, and measuring one attention call (no Gradio and no pictures here).
+
+The memory estimates follow the backends' own accounting: the `math` backend materialises the
+(B, H, L, S) scores, the weights and one softmax temporary (about 3 float32 copies; Vaswani et
+al. 2017); `sdpa` with a mask spec folds it into one dense (L, S) mask that torch's CPU flash
+kernel turns into a float bias; `tiled` (FlashAttention, Dao et al. 2022) keeps O(L*D) plus a
+few blocks; `linear` (Katharopoulos et al. 2020) keeps O(L*D) plus, when causal, its prefix
+sums. They are used to refuse a run *before* anything is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+import zlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attnlab.core import attention, masks
+from attnlab.core.attention import BACKENDS, AttentionCall, choose_backend
+from attnlab.core.backends.math import masked_scores, safe_softmax
+
+__all__ = [
+    "MASK_KINDS",
+    "INPUT_KINDS",
+    "BACKEND_CHOICES",
+    "HEAD_DIM",
+    "MAX_L",
+    "Problem",
+    "make_mask",
+    "make_inputs",
+    "estimate_bytes",
+    "estimate_seconds",
+    "memory_budget",
+    "check_fits",
+    "resolve_backend",
+    "reference",
+    "measure",
+    "fmt_bytes",
+]
+
+MASK_KINDS = ("full", "causal", "local window", "key padding", "document", "prefix-LM", "cross")
+INPUT_KINDS = ("sentence", "periodic signal", "random")
+BACKEND_CHOICES = ("auto", *BACKENDS)
+HEAD_DIM = 64
+MAX_L = 16384
+# sustained float32 throughput per backend on a 2-core CPU (NOTES.md), for time estimates only
+_RATE = {"math": 40e9, "sdpa": 120e9, "tiled": 60e9, "linear": 20e9}
+_MAX_SECONDS = 20.0
+SENTENCE = (
+    "the cat sat on the mat because the mat was warm and the cat was tired so the "
+    "dog sat by the door"
+).split()
+SOURCE = "a tired cat sat on a warm mat by the door".split()  # cross-attention keys
+PERIOD = 12
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One explorer setting, validated: lengths, heads, the mask and the chosen backend."""
+
+    mask_kind: str
+    mask: masks.Mask
+    L: int
+    S: int
+    heads: int
+    backend: str  # as chosen: "auto" or a backend name
+    causal_like: bool  # the mask lets a query see no later key (linear attention's causal mode)
+
+
+def _int(value, name: str, lo: int, hi: int | None = None) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if not math.isfinite(f) or f != int(f):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    n = int(f)
+    if n < lo or (hi is not None and n > hi):
+        rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ValueError(f"{name} must be {rng}, got {n}")
+    return n
+
+
+def make_mask(
+    kind: str,
+    L: int,
+    *,
+    window: int = 8,
+    symmetric: bool = False,
+    valid_keys: int | None = None,
+    n_docs: int = 2,
+    prefix: int = 4,
+    kv_len: int | None = None,
+    heads: int = 4,
+    backend: str = "auto",
+) -> Problem:
+    """Validate the form values and build the mask spec; ValueError names what is wrong."""
+    if kind not in MASK_KINDS:
+        raise ValueError(f"mask must be one of {', '.join(MASK_KINDS)}; got {kind!r}")
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}; got {backend!r}")
+    L = _int(L, "L (sequence length)", 2, MAX_L)
+    heads = _int(heads, "heads", 1, 16)
+    S, causal_like = L, False
+    if kind == "full":
+        m = masks.full()
+    elif kind == "causal":
+        m, causal_like = masks.causal(), True
+    elif kind == "local window":
+        w = _int(window, "window w", 1)
+        if w > L:
+            raise ValueError(
+                f"window w = {w} is larger than L = {L}: a window that covers the "
+                f"whole sequence is just {'full' if symmetric else 'causal'} "
+                f"attention. Pick w <= {L}."
+            )
+        m, causal_like = masks.sliding_window(w, causal=not symmetric), not symmetric
+    elif kind == "key padding":
+        if valid_keys is None or (isinstance(valid_keys, str) and not valid_keys.strip()):
+            raise ValueError(
+                "key padding needs the number of valid (non-padding) keys: the "
+                "field is empty. Enter a number between 1 and L."
+            )
+        n = _int(valid_keys, "valid keys (key padding)", 0)
+        if n == 0:
+            raise ValueError(
+                "key padding leaves no valid key (valid keys = 0): every query "
+                "would attend to nothing. Enter at least 1."
+            )
+        if n > L:
+            raise ValueError(f"valid keys = {n} exceeds L = {L}: at most L keys can be valid.")
+        m = masks.key_padding(n)
+    elif kind == "document":
+        n = _int(n_docs, "documents", 1)
+        if n > L:
+            raise ValueError(
+                f"{n} documents do not fit in L = {L} positions (one token each "
+                f"at least). Pick at most {L}."
+            )
+        m = masks.document(doc_ids(L, n))
+    elif kind == "prefix-LM":
+        p = _int(prefix, "prefix length", 0)
+        if p > L:
+            raise ValueError(f"prefix length {p} is longer than L = {L}. Pick at most {L}.")
+        m = masks.prefix_lm(p)
+    else:  # cross
+        S = _int(kv_len if kv_len is not None else L, "Lk (keys for cross attention)", 1, MAX_L)
+        m = masks.cross()
+    return Problem(kind, m, L, S, heads, backend, causal_like)
+
+
+def doc_ids(L: int, n: int) -> Tensor:
+    """Document id of each position when L positions are split into n near-equal documents."""
+    return torch.arange(L) * n // L
+
+
+def _token_vectors(words: list[str], D: int) -> Tensor:
+    """Fixed unit vectors per word (seeded by a stable hash of the word, not by order)."""
+    out = torch.empty(len(words), D)
+    for i, w in enumerate(words):
+        g = torch.Generator().manual_seed(zlib.crc32(w.encode()))
+        out[i] = torch.randn(D, generator=g)
+    return out / out.norm(dim=-1, keepdim=True)
+
+
+def _positions(pos: Tensor, D: int, base: float = 10.0) -> Tensor:
+    """Unit sinusoidal position codes (Vaswani et al. 2017) with short wavelengths, so that a
+    dot product peaks at equal positions and decays within a few tokens."""
+    i = torch.arange(D // 2, dtype=torch.float32)
+    freq = base ** (-i / (D // 2)) * math.pi / 2
+    ang = pos.float()[:, None] * freq[None]
+    pe = torch.cat([ang.sin(), ang.cos()], dim=-1)
+    return pe / pe.norm(dim=-1, keepdim=True)
+
+
+def make_inputs(
+    kind: str, prob: Problem, seed: int = 0, D: int = HEAD_DIM
+) -> tuple[Tensor, Tensor, Tensor, list[str], list[str]]:
+    """q (1, H, L, D), k and v (1, H, S, D), and query / key labels.
+
+    ``sentence``: words with fixed embeddings; heads cycle through four patterns: same word,
+    previous token, nearby positions, and a random content projection. ``periodic signal``:
+    a signal of period 12 whose codes make a position attend to its earlier periods.
+    ``random``: seeded Gaussian q, k, v.
+    """
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"input must be one of {', '.join(INPUT_KINDS)}; got {kind!r}")
+    H, L, S = prob.heads, prob.L, prob.S
+    g = torch.Generator().manual_seed(int(seed))
+    v = torch.randn(1, H, S, D, generator=g)
+    if kind == "random":
+        q = torch.randn(1, H, L, D, generator=g)
+        k = torch.randn(1, H, S, D, generator=g)
+        return q, k, v, [str(i) for i in range(L)], [str(j) for j in range(S)]
+    sharp = math.sqrt(8.0 * math.sqrt(D))  # unit-vector dot products become logits up to ~8
+    if kind == "periodic signal":
+        tq, tk = torch.arange(L), torch.arange(S) * (L / S if prob.mask_kind == "cross" else 1)
+        ql = [f"t{i}" for i in range(L)]
+        kl = [f"t{float(t):g}" for t in tk]
+        pq = _positions(tq % PERIOD, D)
+        pk = _positions(tk % PERIOD, D)
+        # heads differ only in sharpness: later heads have sharper peaks
+        q = torch.stack([pq * sharp] * H)[None]
+        k = torch.stack([pk * sharp * (1.0 + 0.25 * h) ** 0.5 for h in range(H)])[None]
+        return q.contiguous(), k.contiguous(), v, ql, kl
+    qw = [SENTENCE[i % len(SENTENCE)] for i in range(L)]
+    kw = [SOURCE[j % len(SOURCE)] for j in range(S)] if prob.mask_kind == "cross" else qw
+    eq, ek = _token_vectors(qw, D), _token_vectors(kw, D)
+    pq, pk = _positions(torch.arange(L), D), _positions(torch.arange(S), D)
+    pk_next = _positions(torch.arange(S) + 1, D)  # key j coded as position j + 1
+    qs, ks = [], []
+    for h in range(H):
+        pattern = h % 4
+        if pattern == 0:  # same word
+            qs.append(eq), ks.append(ek)
+        elif pattern == 1:  # previous token: query i matches key coded i, i.e. key i - 1
+            qs.append(pq), ks.append(pk_next)
+        elif pattern == 2:  # nearby positions, softer
+            qs.append(pq * 0.5), ks.append(pk)
+        else:  # a random content projection (an arbitrary learned-looking head)
+            w = torch.randn(D, D, generator=g) / math.sqrt(D)
+            a, b = eq @ w, ek @ w.T
+            qs.append(a / a.norm(dim=-1, keepdim=True)), ks.append(b / b.norm(dim=-1, keepdim=True))
+    q = torch.stack(qs)[None] * sharp
+    k = torch.stack(ks)[None] * sharp
+    return q.contiguous(), k.contiguous(), v, qw, kw
+
+
+def resolve_backend(prob: Problem) -> str:
+    """The backend that will run: ``auto`` resolved the way `attention` resolves it."""
+    if prob.backend != "auto":
+        return prob.backend
+    call = _call(prob.mask, HEAD_DIM, need_weights=False)
+    return choose_backend(call, prob.L, prob.S)
+
+
+def estimate_bytes(backend: str, prob: Problem, D: int = HEAD_DIM) -> int:
+    """Bytes one forward call allocates beyond its inputs (B = 1, float32)."""
+    H, L, S = prob.heads, prob.L, prob.S
+    out = H * L * D * 4
+    if backend == "math":
+        return H * L * S * 4 * 3 + out
+    if backend == "sdpa":
+        plain = prob.mask_kind == "causal"
+        return (0 if plain else L * S * 5) + out * 2
+    if backend == "tiled":
+        return out * 3 + H * min(L, 256) * min(S, 1024) * 4 * 3 + H * L * 8
+    if backend == "linear":
+        return out * 4 + H * D * D * 4 * 4 + (H * L * D * 4 * 2 if prob.causal_like else 0)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def estimate_seconds(backend: str, prob: Problem, D: int = HEAD_DIM) -> float:
+    """Rough forward time on this CPU class: useful FLOPs over a sustained throughput."""
+    H, L, S = prob.heads, prob.L, prob.S
+    if backend == "linear":
+        flops = 4.0 * H * (L + S) * D * D
+    elif backend == "tiled":
+        flops = 4.0 * H * prob.mask.allowed_pairs(L, S, block=max(64, L // 64)) * D
+    else:
+        flops = 4.0 * H * L * S * D * (0.5 if prob.mask_kind == "causal" else 1.0)
+    return flops / _RATE[backend]
+
+
+def memory_budget() -> int:
+    """Bytes one explorer run may allocate: half the available memory, at most 4 GiB."""
+    env = os.environ.get("ATTNLAB_EXPLORER_MAX_MB")
+    if env:
+        return int(float(env) * 2**20)
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return min(avail // 2 if avail else 2**31, 4 * 2**30)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def check_fits(prob: Problem) -> str:
+    """Refuse (ValueError) a run whose backend would not fit in memory or time, *before*
+    allocating; the message says why and which backends fit. Returns the backend to run."""
+    name = resolve_backend(prob)
+    budget = memory_budget()
+    need = estimate_bytes(name, prob)
+    secs = estimate_seconds(name, prob)
+    if need <= budget and secs <= _MAX_SECONDS:
+        return name
+    fits = [
+        b
+        for b in BACKENDS
+        if estimate_bytes(b, prob) <= budget and estimate_seconds(b, prob) <= _MAX_SECONDS
+    ]
+    alt = ", ".join(f"{b} (~{fmt_bytes(estimate_bytes(b, prob))})" for b in fits)
+    if need > budget:
+        why = (
+            f"The {name} backend would need about {fmt_bytes(need)} at L = {prob.L}, "
+            f"S = {prob.S}, {prob.heads} heads"
+            + (" (it materialises B·H·L·S float32 scores ~3 times)" if name == "math" else "")
+            + f"; this demo allows {fmt_bytes(budget)} per run."
+        )
+    else:
+        why = (
+            f"The {name} backend would take about {secs:.0f} s at L = {prob.L} with "
+            f"{prob.heads} heads on this CPU; this demo allows {_MAX_SECONDS:.0f} s."
+        )
+    hint = f" Backends that fit: {alt}." if alt else " Reduce L or the number of heads."
+    raise ValueError(why + hint)
+
+
+def _call(mask: masks.Mask, D: int, need_weights: bool = True) -> AttentionCall:
+    return AttentionCall(
+        attn_mask=None,
+        mask=mask,
+        score_mod=None,
+        scale=1.0 / math.sqrt(D),
+        dropout_p=0.0,
+        groups=1,
+        need_weights=need_weights,
+        need_lse=False,
+    )
+
+
+def reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: masks.Mask,
+    head: int = 0,
+    max_cells: int = 512,
+    chunk_bytes: int = 64 * 2**20,
+):
+    """The `math` backend's output, computed by query chunks so memory stays O(chunk * S),
+    and the weights of one head pooled to at most ``max_cells`` per axis.
+
+    Returns:
+        (output (1, H, L, Dv), pooled weights (Lq', Sk'), allowed fraction (Lq', Sk'),
+        (fq, fk) pooling factors).
+    """
+    _, H, L, D = q.shape
+    S = k.shape[2]
+    call = _call(mask, D)
+    fq, fk = -(-L // max_cells), -(-S // max_cells)
+    rows = max(fq, (chunk_bytes // (H * S * 4 * 3)) // fq * fq)
+    out = torch.empty(1, H, L, v.shape[-1])
+    nq, nk = -(-L // fq), -(-S // fk)
+    w_pool = torch.zeros(nq, nk)
+    a_pool = torch.zeros(nq, nk)
+    kcount = torch.full((nk,), float(fk))
+    kcount[-1] = S - (nk - 1) * fk
+    for r0 in range(0, L, rows):
+        r1 = min(L, r0 + rows)
+        s = masked_scores(q[:, :, r0:r1], k, call, q_offset=r0, L=L, S=S)
+        w, _ = safe_softmax(s)  # (1, H, r, S)
+        out[:, :, r0:r1] = w @ v
+        allowed = torch.isfinite(s[0, head]).float()  # (r, S)
+        for src, dst, reduce_k in ((w[0, head], w_pool, "sum"), (allowed, a_pool, "mean")):
+            x = torch.nn.functional.pad(src, (0, nk * fk - S))  # pad keys to whole blocks
+            x = x.view(r1 - r0, nk, fk).sum(-1)
+            if reduce_k == "mean":
+                x = x / kcount
+            i0 = r0 // fq
+            n = -(-(r1 - r0) // fq)
+            x = torch.nn.functional.pad(x, (0, 0, 0, n * fq - (r1 - r0)))
+            cnt = torch.full((n, 1), float(fq))
+            cnt[-1] = (r1 - r0) - (n - 1) * fq
+            dst[i0 : i0 + n] = x.view(n, fq, nk).sum(1) / cnt
+    return out, w_pool, a_pool, (fq, fk)
+
+
+def measure(fn, max_seconds: float = 1.0, repeats: int = 5) -> tuple[float, int, int]:
+    """Median wall time of ``fn()`` (one warm-up, then up to ``repeats`` runs within
+    ``max_seconds``) and its peak allocation, measured once with the profiler.
+
+    Returns:
+        (median seconds, runs timed, peak bytes allocated during one call).
+    """
+    t0 = time.perf_counter()
+    fn()  # warm-up (first-call dispatch, allocator)
+    first = time.perf_counter() - t0
+    times = [first]
+    if first < max_seconds / 2:
+        times = []
+        while len(times) < repeats and sum(times) < max_seconds:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), len(times), peak_bytes(fn)
+
+
+def peak_bytes(fn) -> int:
+    """Peak of the running total of CPU allocations during ``fn()`` (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]"
+    )
+    cur = peak = 0
+    for _, n in events:
+        cur += n
+        peak = max(peak, cur)
+    return int(peak)
+
+
+def run_backend(name: str, q: Tensor, k: Tensor, v: Tensor, mask: masks.Mask) -> Tensor:
+    """One forward call of the chosen backend (no weights asked, as in a model's fast path)."""
+    return attention(q, k, v, mask=mask, backend=name)

@@ -1,0 +1,105 @@
+"""The attnlab demo suite: one Gradio page with a tab per demo (the Core Explorer, then one per
+domain that exists), and `launch`, which ``attnlab demo`` calls.
+
+Each demo module exposes ``build() -> gr.Blocks``; the suite calls it inside its own tabs (a
+Blocks created inside another Blocks' context renders there), so every demo also runs alone
+with ``python -m``. Domains
+whose app module is not there yet (or fails to import) are skipped with a note in the page,
+never a crash.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+
+import gradio as gr
+
+__all__ = ["DEMOS", "available_demos", "build", "launch"]
+
+log = logging.getLogger(__name__)
+
+# module under attnlab.apps (with a build() function) -> tab title; the explorer comes first
+DEMOS: dict[str, str] = {
+    "explorer": "Core Explorer",
+    "text": "Text",
+    "vision": "Vision",
+    "audio": "Audio",
+    "music": "Music",
+}
+
+
+def available_demos() -> dict[str, object]:
+    """Modules that exist and import, keyed by demo name (``explorer``, ``text``...)."""
+    found = {}
+    for name in DEMOS:
+        if importlib.util.find_spec(f"attnlab.apps.{name}") is None:
+            continue
+        try:
+            mod = importlib.import_module(f"attnlab.apps.{name}")
+        except Exception as e:  # a broken domain must not take the whole suite down
+            log.warning("demo %s skipped: %s", name, e)
+            continue
+        if callable(getattr(mod, "build", None)):
+            found[name] = mod
+    return found
+
+
+def build(domain: str | None = None) -> gr.Blocks:
+    """The suite page: every available demo as a tab, or only ``domain`` when given.
+
+    Raises:
+        ValueError: ``domain`` is not a known demo, or its app is not available.
+    """
+    demos = available_demos()
+    if domain is not None:
+        if domain not in DEMOS:
+            raise ValueError(
+                f"domain must be one of {', '.join(DEMOS)} (or None for all), got {domain!r}"
+            )
+        if domain not in demos:
+            raise ValueError(f"the {domain} demo is not available in this installation")
+        demos = {domain: demos[domain]}
+    if not demos:
+        raise ValueError("no demo is available (attnlab.apps.explorer failed to import)")
+    with gr.Blocks(title="attnlab: see and use attention") as page:
+        gr.Markdown(
+            "# attnlab\nSee and use the attention mechanism: one exact, fast attention "
+            "core, its masks and backends, and the demos built on it."
+        )
+        for name, mod in demos.items():
+            with gr.Tab(DEMOS[name], id=name):
+                mod.build()  # a Blocks created inside a Blocks context renders itself
+        missing = [DEMOS[n] for n in DEMOS if n not in demos and domain is None]
+        if missing:
+            gr.Markdown(f"*Demos not available in this installation: {', '.join(missing)}.*")
+    return page
+
+
+def launch(
+    domain: str | None = None, server_name: str = "127.0.0.1", server_port: int | None = None, **kw
+) -> gr.Blocks:
+    """Build the suite and serve it (``attnlab demo``).
+
+    Args:
+        domain: one demo (``explorer``, ``text``, ``vision``, ``audio``, ``music``) or None
+            for all.
+        server_name, server_port: where to listen (port None: Gradio picks a free one from
+            7860 up).
+        **kw: passed to ``gr.Blocks.launch`` (``prevent_thread_lock=True`` returns at once;
+            call ``close()`` on the returned Blocks when done).
+
+    Returns:
+        The launched ``gr.Blocks``.
+    """
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    page = build(domain)
+    page.queue(default_concurrency_limit=1)
+    page.launch(server_name=server_name, server_port=server_port, **kw)
+    return page
+
+
+if __name__ == "__main__":
+    launch()
