@@ -35,6 +35,12 @@ from .positional import PositionScheme, build_position
 __all__ = ["MultiHeadAttention", "KVCache"]
 
 
+def _shapes(context) -> str:
+    if isinstance(context, (tuple, list)):
+        return ", ".join(str(tuple(t.shape)) for t in context)
+    return str(tuple(context.shape))
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention, self or cross.
 
@@ -122,12 +128,19 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = t.shape
         return t.view(B, L, n, self.head_dim).transpose(1, 2)  # (B, L, n*D) -> (B, n, L, D)
 
-    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of a cross-attention context (B, S, kdim): each (B, Hk, S, D)."""
+    def project_kv(self, context: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Keys and values of a cross-attention context (B, S, kdim) -- or a pair (key input
+        (B, S, kdim), value input (B, S, vdim)) -- each (B, Hk, S, D)."""
+        kin, vin = context if isinstance(context, (tuple, list)) else (context, context)
+        if kin.dim() != 3 or vin.dim() != 3 or kin.shape[-1] != self.kdim or \
+                vin.shape[-1] != self.vdim or kin.shape[:2] != vin.shape[:2]:
+            raise ValueError(f"context must be (B, S, {self.kdim})" + (
+                "" if self.kdim == self.vdim else f" keys and (B, S, {self.vdim}) values") +
+                f", got {_shapes(context)}")
         if hasattr(self, "kv"):
-            k, v = self.kv(context).chunk(2, dim=-1)
+            k, v = self.kv(kin).chunk(2, dim=-1)
         else:
-            k, v = self.k(context), self.v(context)
+            k, v = self.k(kin), self.v(vin)
         return self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
 
     def project(self, x: Tensor, context: Tensor | None = None,
@@ -141,12 +154,12 @@ class MultiHeadAttention(nn.Module):
             if context is None:
                 raise ValueError("this is a cross-attention layer: pass context (B, S, kdim)")
             q = self._heads(self.q(x), H)
+            kin = context[0] if isinstance(context, (tuple, list)) else context
+            if kin.shape[0] != x.shape[0]:
+                raise ValueError(f"context has batch {kin.shape[0]}, x has {x.shape[0]}")
             if kv_cache is not None and kv_cache.k is not None:
                 k, v = kv_cache.k, kv_cache.v  # the context was projected on the first step
             else:
-                if context.dim() != 3 or context.shape[0] != x.shape[0]:
-                    raise ValueError(f"context must have shape ({x.shape[0]}, S, {self.kdim}), "
-                                     f"got {tuple(context.shape)}")
                 k, v = self.project_kv(context)
                 if kv_cache is not None:
                     kv_cache.set(k, v)
@@ -202,7 +215,8 @@ class MultiHeadAttention(nn.Module):
         attn_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
     ) -> Tensor:
-        """Attend from x (B, L, dim) to itself or to ``context`` (B, S, kdim).
+        """Attend from x (B, L, dim) to itself or to ``context`` (B, S, kdim); when kdim != vdim
+        give ``context`` as a pair (key input (B, S, kdim), value input (B, S, vdim)).
 
         Args:
             mask: a mask spec for this call (e.g. ``key_padding(lengths)``).
@@ -236,7 +250,16 @@ class MultiHeadAttention(nn.Module):
         return s
 
 
-# the blocks live in core/blocks.py; re-exported here so `core.modules` names every layer
-from .blocks import Block, DecoderBlock, Mlp, TransformerDecoder, TransformerEncoder  # noqa: E402
 
-__all__ += ["Block", "DecoderBlock", "Mlp", "TransformerEncoder", "TransformerDecoder"]
+_BLOCKS = ("Block", "DecoderBlock", "Mlp", "TransformerEncoder", "TransformerDecoder")
+__all__ += list(_BLOCKS)
+
+
+def __getattr__(name: str):
+    # the blocks live in core/blocks.py (which imports this file); re-exported lazily so that
+    # `from attnlab.core.modules import Block` works whichever file is imported first
+    if name in _BLOCKS:
+        from . import blocks
+
+        return getattr(blocks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
