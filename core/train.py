@@ -55,6 +55,7 @@ __all__ = [
     "train",
     "seed_everything",
     "lr_at",
+    "make_optimizer",
 ]
 
 
@@ -165,7 +166,7 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     # Decay matrices (weights of linear layers, embeddings), not biases and norm gains.
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -253,7 +254,7 @@ class Trainer:
         if info.distributed:
             ids = [info.device.index] if info.device.type == "cuda" else None
             net = DistributedDataParallel(self.loss_module, device_ids=ids)
-        opt = _optimizer(model, cfg)
+        opt = make_optimizer(model, cfg)
         if cfg.precision == "fp16" and info.device.type != "cuda":
             raise ValueError("precision='fp16' needs CUDA; use 'bf16' on CPU")
         scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.precision == "fp16")
@@ -340,7 +341,7 @@ class Trainer:
                     bar.set_postfix(
                         loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}", **{f"{unit}/s": f"{rate:.0f}"}
                     )
-                    sums, window_steps = {}, 0
+                    sums, window_steps, window_t0 = {}, 0, time.perf_counter()
                 t_side = time.perf_counter()
                 if self.eval_set is not None and (
                     (cfg.eval_every and done % cfg.eval_every == 0) or done == total
