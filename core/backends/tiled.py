@@ -1,0 +1,304 @@
+"""The `tiled` backend: exact attention by blocks, skipping the blocks a mask removes.
+
+The FlashAttention idea (Dao et al. 2022; FlashAttention-2, Dao 2023) -- never hold the L x S
+score matrix, visit only the key blocks a query block needs -- with torch's fused CPU flash
+kernel as the block kernel, because on CPU an eager online-softmax loop costs ~3.5x the fused
+kernel while the fused kernel applied to gathered blocks is faster than compiled FlexAttention.
+
+Plan (``plan``): the mask spec's analytic ``block_kinds`` gives EMPTY/PARTIAL/FULL per (query
+block, key block); per query block we keep the list of non-empty key blocks. Then
+
+* query blocks with the same key list form one call on contiguous slices (full rows, documents:
+  no copy, no mask when every block is FULL);
+* the other query blocks with the same number of key blocks (sliding windows) are batched: their
+  key blocks are gathered with one advanced-indexing copy into (B * R, H, n * block, D), a small
+  additive mask is built only for them, and one fused call runs them all;
+* every call holds all of a row's keys, so no softmax merge across calls is needed, and the
+  kernel's per-row LSE is the answer's LSE.
+
+Memory: the plan, the gathered keys of one batch of rows (bounded by ``GATHER_BYTES``) and a
+mask for PARTIAL blocks only; for full attention nothing beyond the output and the LSE.
+Backward: autograd through the fused kernel and the gathers (the gathered blocks are kept for
+it). Dropout: passed to the fused kernel per call (torch then uses its math kernel for that
+call), so the dropout pattern is that of SDPA applied to the same blocks, not bit-identical to
+SDPA on the whole matrix. Non-additive score modifiers (soft-capping), devices without the fused
+CPU kernel asked for the LSE, and a missing private op all go to the readable pure-PyTorch
+kernel in ``tiled_kernels.OnlineSoftmax`` (no dropout there).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..attention import AttentionCall
+from ..masks import EMPTY, FULL
+from .tiled_kernels import (
+    flash_parts,
+    fused_attention,
+    fused_lse_available,
+    online_softmax_attention,
+)
+
+__all__ = ["forward", "plan", "Plan", "GATHER_BYTES"]
+
+#: budget for the gathered keys/values (and the block mask) of one batched call
+GATHER_BYTES = 48 << 20
+
+
+class Plan:
+    """Which key blocks each query block needs. ``needed``/``full``: bool (nQ, nK)."""
+
+    def __init__(self, needed: Tensor, full: Tensor, block: int):
+        self.needed, self.full, self.block = needed, full, block
+
+    def density(self) -> float:
+        return float(self.needed.float().mean())
+
+
+def _block_size(call: AttentionCall, L: int, S: int) -> int:
+    """64 for local masks (a query block then sees ~w + 64 keys), 128 otherwise."""
+    win = _window(call.mask)
+    return 64 if win is not None and win <= 1024 else 128
+
+
+def _window(mask) -> int | None:
+    from ..masks import _And, _Window
+
+    if isinstance(mask, _Window):
+        return mask.window
+    if isinstance(mask, _And):
+        ws = [w for w in (_window(mask.a), _window(mask.b)) if w is not None]
+        return min(ws) if ws else None
+    return None
+
+
+def plan(call: AttentionCall, L: int, S: int, block: int | None = None) -> Plan:
+    """The block layout of ``call.mask`` (union over batch and heads)."""
+    block = block or _block_size(call, L, S)
+    nq, nk = -(-L // block), -(-S // block)
+    if call.mask is None:
+        ones = torch.ones(nq, nk, dtype=torch.bool)
+        return Plan(ones, ones.clone(), block)
+    kinds = call.mask.block_kinds(L, S, block, block).cpu()  # (B', H', nQ, nK)
+    kinds = kinds.flatten(0, 1)
+    return Plan((kinds != EMPTY).any(0), (kinds == FULL).all(0), block)
+
+
+def _bias(m: Tensor | None, dtype) -> Tensor | None:
+    """bool (True = attend) -> additive float; float stays (cast to the kernel's dtype)."""
+    if m is None:
+        return None
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
+    return m.to(dtype)
+
+
+def _expand_heads(t: Tensor, groups: int) -> Tensor:
+    return t if groups == 1 else t.repeat_interleave(groups, dim=1)
+
+
+def _gather_keys(t: Tensor, keys: list[tuple[int, int]], groups: int) -> Tensor:
+    t = t[:, :, keys[0][0]:keys[0][1]] if len(keys) == 1 else torch.cat(
+        [t[:, :, a:b] for a, b in keys], dim=2)
+    return _expand_heads(t, groups)
+
+
+def _keys_bias(q, call, L, S, rows: tuple[int, int], keys: list[tuple[int, int]]):
+    """Additive bias (B'|1, H'|1, rows, keys) of the masks and score modifier over ``keys``."""
+    B, H = q.shape[:2]
+    r0, r1 = rows
+    parts = []
+    for a, b in keys:
+        m = call.attn_mask
+        if m is not None:
+            m = m[..., a:b] if m.shape[-2] == 1 else m[..., r0:r1, a:b]
+        if call.mask is not None:
+            d = call.mask.dense(L, S, batch=B if call.mask.batch_size else None,
+                                heads=H if call.mask.num_heads else None, device=q.device,
+                                q_range=(r0, r1), kv_range=(a, b))
+            m = d if m is None else (m & d if m.dtype == torch.bool
+                                     else m.masked_fill(~d, float("-inf")))
+        m = _bias(m, q.dtype)
+        if call.score_mod is not None:
+            sb = call.score_mod.dense_bias(L, S, heads=H, device=q.device, dtype=q.dtype,
+                                           q_range=(r0, r1), kv_range=(a, b))
+            m = sb if m is None else m + sb
+        if m is None:
+            m = torch.zeros(1, 1, 1, b - a, dtype=q.dtype, device=q.device)
+        parts.append(m)
+    shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    return torch.cat([p.expand(*shape, p.shape[-1]) for p in parts], dim=-1)
+
+
+def _slice_call(q, k, v, call, L, S, rows: tuple[int, int], full: list[tuple[int, int]],
+                partial: list[tuple[int, int]], split: bool):
+    """Rows [r0, r1) against key ranges: ``full`` ones need no mask, ``partial`` ones do.
+
+    With ``split`` the two sets run as two fused calls merged by their LSEs (no mask over the
+    full keys at all); otherwise one call with a mask over all keys.
+    """
+    qi = q[:, :, rows[0]:rows[1]]
+    if not split:
+        keys = sorted(full + partial)
+        bias = _keys_bias(q, call, L, S, rows, keys) if partial else None
+        return fused_attention(qi, _gather_keys(k, keys, call.groups),
+                               _gather_keys(v, keys, call.groups), bias, call.scale,
+                               call.dropout_p, call.need_lse)
+    parts = []
+    if full:
+        parts.append((_gather_keys(k, full, call.groups), _gather_keys(v, full, call.groups),
+                      None))
+    if partial:
+        parts.append((_gather_keys(k, partial, call.groups),
+                      _gather_keys(v, partial, call.groups),
+                      _keys_bias(q, call, L, S, rows, partial)))
+    return flash_parts(qi, parts, call.scale)
+
+
+def _gather_call(q, k, v, call, L, S, rows: Tensor, lists: Tensor, masked: bool, block: int,
+                 split: bool):
+    """Query blocks ``rows`` (R,), each against its own key blocks ``lists`` (R, n): keys are
+    gathered with one indexing copy into (B * R, H, n * block, D); blocks fold into the batch."""
+    B, H, _, D = q.shape
+    Hk, Dv = k.shape[1], v.shape[3]
+    R, n = lists.shape
+    dev = q.device
+    bi = torch.arange(B, device=dev).view(-1, 1, 1, 1)
+    hq = torch.arange(H, device=dev).view(1, 1, -1, 1)
+    hk = hq // call.groups  # GQA: query head h reads key head h // groups
+    rows_d, lists_d = rows.to(dev), lists.to(dev)
+    q5 = q[:, :, : (L // block) * block].reshape(B, H, -1, block, D)
+    k5 = k[:, :, : (S // block) * block].reshape(B, Hk, -1, block, D)
+    v5 = v[:, :, : (S // block) * block].reshape(B, Hk, -1, block, Dv)
+    qi = q5[bi, hq, rows_d.view(1, -1, 1, 1)]  # (B, R, H, 1, block, D)
+    kj = k5[bi, hk, lists_d.view(1, R, 1, n)]  # (B, R, H, n, block, D)
+    vj = v5[bi, hk, lists_d.view(1, R, 1, n)]
+    qi = qi.reshape(B * R, H, block, D)
+    kj = kj.reshape(B * R, H, n * block, D)
+    vj = vj.reshape(B * R, H, n * block, Dv)
+    bias = None
+    if masked:  # only masks that depend on neither the head nor a tensor mask come here
+        mask = call.mask
+        nb = mask.batch_size or 1
+        b = torch.arange(nb, device=dev).view(-1, 1, 1, 1)
+        h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
+        qpos = (rows_d.view(1, R, 1, 1) * block
+                + torch.arange(block, device=dev).view(1, 1, -1, 1))  # (1, R, block, 1)
+        kpos = (lists_d.view(1, R, 1, n, 1) * block
+                + torch.arange(block, device=dev).view(1, 1, 1, 1, -1)).view(1, R, 1, n * block)
+        allowed = mask._eval(b, h, qpos, kpos, L, S).expand(nb, R, block, n * block)
+        bias = _bias(allowed, q.dtype).expand(B, R, block, n * block)
+        bias = bias.reshape(B * R, 1, block, n * block)
+    if split:  # differentiable LSE
+        out, lse = flash_parts(qi, [(kj, vj, bias)], call.scale)
+    else:
+        out, lse = fused_attention(qi, kj, vj, bias, call.scale, call.dropout_p, call.need_lse)
+    # (B*R, H, block, Dv) -> (B, H, R*block, Dv): rows back in sequence order
+    out = out.view(B, R, H, block, Dv).transpose(1, 2).reshape(B, H, R * block, Dv)
+    if lse is not None:
+        lse = lse.view(B, R, H, block).transpose(1, 2).reshape(B, H, R * block)
+    return out, lse
+
+
+def _ranges(idx: list[int], block: int, n: int) -> list[tuple[int, int]]:
+    """Sorted block indices -> merged position ranges [a, b)."""
+    out: list[list[int]] = []
+    for j in idx:
+        a, b = j * block, min(n, (j + 1) * block)
+        if out and out[-1][1] == a:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
+    if call.need_weights:
+        raise ValueError("backend 'tiled' does not return weights: use backend='math' (or "
+                         "record_attention) to see them")
+    B, H, L, _ = q.shape
+    S, Dv = k.shape[2], v.shape[3]
+    p = plan(call, L, S)
+    pure = (call.score_mod is not None and not call.score_mod.additive) or (
+        call.need_lse and not fused_lse_available(q, v)) or q.device.type not in ("cpu", "cuda")
+    if pure:
+        kx, vx = _expand_heads(k, call.groups), _expand_heads(v, call.groups)
+        out, lse = online_softmax_attention(q, kx, vx, call, p.needed, p.block)
+        return out, None, (lse if call.need_lse else None)
+
+    block = p.block
+    nq = p.needed.shape[0]
+    uniq, inverse = torch.unique(p.needed, dim=0, return_inverse=True)
+    # batched gathers need head-independent masks, no tensor mask, no bias, whole blocks
+    can_gather = (call.attn_mask is None and call.score_mod is None
+                  and (call.mask is None or call.mask.num_heads is None))
+    # split FULL and PARTIAL keys into two calls merged by LSE: needs the LSE-returning kernel
+    split = call.dropout_p == 0 and fused_lse_available(q, v)
+    pieces: list[tuple[int, Tensor, Tensor | None]] = []  # (first position, out, lse)
+    singles: dict[int, list[tuple[int, list[int]]]] = {}
+    last_q_short, last_k_short = L % block != 0, S % block != 0
+    nk = p.needed.shape[1]
+    for u in range(uniq.shape[0]):
+        rows = (inverse == u).nonzero().flatten().tolist()
+        idx = uniq[u].nonzero().flatten().tolist()
+        if not idx:  # no key at all: zero output, -inf LSE
+            for r in rows:
+                a, b = r * block, min(L, (r + 1) * block)
+                pieces.append((a, q.new_zeros(B, H, b - a, Dv),
+                               q.new_full((B, H, b - a), float("-inf"), dtype=torch.float32)))
+            continue
+        short = (last_q_short and rows[-1] == nq - 1) or (last_k_short and idx[-1] == nk - 1)
+        if len(rows) == 1 and can_gather and not short:
+            singles.setdefault(len(idx), []).append((rows[0], idx))
+            continue
+        tensor_bias = call.attn_mask is not None or call.score_mod is not None
+        allfull = p.full[rows][:, idx].all(0).tolist()
+        full = [] if tensor_bias else _ranges([j for j, f in zip(idx, allfull) if f], block, S)
+        partial = _ranges(idx if tensor_bias else [j for j, f in zip(idx, allfull) if not f],
+                          block, S)
+        # split runs of consecutive rows; bound the mask of each call
+        nkeys = sum(b - a for a, b in (partial if split else partial + full))
+        max_rows = max(1, (GATHER_BYTES // 4) // (block * nkeys * H)) if partial else nq
+        run: list[int] = []
+        for r in rows + [None]:
+            if run and (r is None or r != run[-1] + 1 or len(run) >= max_rows):
+                a, b = run[0] * block, min(L, (run[-1] + 1) * block)
+                out, lse = _slice_call(q, k, v, call, L, S, (a, b), full, partial, split)
+                pieces.append((a, out, lse))
+                run = []
+            if r is not None:
+                run.append(r)
+    D = q.shape[3]
+    for n, items in singles.items():
+        per_row = B * H * n * block * (D + Dv + 1) * q.element_size()
+        chunk = max(1, GATHER_BYTES // per_row)
+        for c in range(0, len(items), chunk):
+            part = items[c:c + chunk]
+            rows_t = torch.tensor([r for r, _ in part])
+            lists_t = torch.tensor([js for _, js in part])
+            masked = not bool(p.full[rows_t.view(-1, 1), lists_t].all())
+            if len(part) == 1:  # one row: a plain slice call is cheaper than a gather
+                r, js = part[0]
+                allfull = p.full[r, js].tolist()
+                full = _ranges([j for j, f in zip(js, allfull) if f], block, S)
+                partial = _ranges([j for j, f in zip(js, allfull) if not f], block, S)
+                out, lse = _slice_call(q, k, v, call, L, S, (r * block, (r + 1) * block),
+                                       full, partial, split)
+                pieces.append((r * block, out, lse))
+                continue
+            out, lse = _gather_call(q, k, v, call, L, S, rows_t, lists_t, masked, block, split)
+            starts = (rows_t * block).tolist()
+            if starts == list(range(starts[0], starts[0] + len(part) * block, block)):
+                pieces.append((starts[0], out, lse))
+            else:  # rows not consecutive: split back into one piece per row
+                for i, s in enumerate(starts):
+                    pieces.append((s, out[:, :, i * block:(i + 1) * block],
+                                   None if lse is None else lse[:, :, i * block:(i + 1) * block]))
+    pieces.sort(key=lambda t: t[0])
+    out = pieces[0][1] if len(pieces) == 1 else torch.cat([t[1] for t in pieces], dim=2)
+    lse = None
+    if call.need_lse:
+        dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        lse = torch.cat([t[2].to(dt) for t in pieces], dim=2)
+    return out, None, lse
