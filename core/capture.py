@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import AttentionCall, attention, expand_kv
@@ -290,7 +291,14 @@ class _Recorder:
             w = res.weights
             if o["retain_grad"]:
                 if w.requires_grad:
+                    # the returned weights are a reshaped view, off the output's graph: recompute
+                    # the output from them so that their gradient is d(output)/d(weights)
                     w.retain_grad()
+                    _, vv = expand_kv(k, v, H // k.shape[1])
+                    p = w if not args["dropout_p"] else F.dropout(w, args["dropout_p"])
+                    self.maps._add(rec)
+                    rec.weights = w
+                    return torch.matmul(p, vv)
                 rec.weights = w
             else:
                 w = _reduce_heads(w.detach(), heads, o["reduce"])
