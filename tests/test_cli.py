@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from attnlab.core import checkpoint as ckpt
-from attnlab.core import registry
 
 from attnlab.cli import build_parser, main
+from attnlab.core import checkpoint as ckpt
+from attnlab.core import registry
 
 SMALL = ["model.depth=1", "model.dim=32", "model.num_heads=2", "data.num_train=256",
          "data.num_eval=32", "batch_size=16", "log_every=5", "eval_every=0",

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from torch import nn
+
 from attnlab.core import registry
 from attnlab.core.registry import WeightsError
-from torch import nn
 
 
 @dataclass(frozen=True)

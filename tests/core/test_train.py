@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from attnlab.core import checkpoint as ckpt
-from attnlab.core.train import TrainConfig, Trainer, lr_at, seed_everything
 from safetensors import safe_open
 from torch import nn
 from torch.utils.data import TensorDataset
+
+from attnlab.core import checkpoint as ckpt
+from attnlab.core.train import TrainConfig, Trainer, lr_at, seed_everything
 
 
 class StandIn(nn.Module):
@@ -160,20 +161,28 @@ def test_batch_must_split_over_accumulation(tmp_path):
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
     "torchrun").exists(), reason="torchrun not installed")  # fmt: skip
 def test_two_process_ddp_matches_one_process(tmp_path):
-    """torchrun --nproc_per_node 2 (gloo) gives the loss curve of one process, same global batch."""
+    """torchrun --nproc_per_node 2 (gloo) gives the loss curve of one process with the same
+    global batch, and so does one process accumulating two micro-batches."""
     pytest.importorskip("attnlab.core.toy")
+    from attnlab.cli import main
+
     overrides = ["steps=6", "batch_size=16", "log_every=1", "ckpt_every=0", "device=cpu",
                  "model.depth=1", "data.num_train=64", "data.num_eval=16"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = {}
-    for nproc in (1, 2):
-        out = tmp_path / f"p{nproc}"
-        torchrun = str(Path(sys.executable).with_name("torchrun"))
-        cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "attnlab", "train",
-               "toy", "--quiet", *overrides, f"out_dir={out}"]  # fmt: skip
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def losses(out: Path) -> list[float]:
         recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        runs[nproc] = [r["loss"] for r in recs if "loss" in r]
-    assert len(runs[1]) == 6
-    torch.testing.assert_close(torch.tensor(runs[2]), torch.tensor(runs[1]), rtol=1e-4, atol=1e-5)
+        return [r["loss"] for r in recs if "loss" in r]
+
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "attnlab", "train", "toy",
+           "--quiet", *overrides, f"out_dir={tmp_path / 'ddp'}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main(["train", "toy", "--quiet", *overrides, f"out_dir={tmp_path / 'one'}"]) == 0
+    accum = ["grad_accum=2", f"out_dir={tmp_path / 'accum'}"]
+    assert main(["train", "toy", "--quiet", *overrides, *accum]) == 0
+    one = torch.tensor(losses(tmp_path / "one"))
+    assert len(one) == 6 and one[-1] < one[0]
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "ddp")), one, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "accum")), one, rtol=1e-4, atol=1e-5)
