@@ -40,6 +40,8 @@ __all__ = [
     "list_weights",
     "read_card",
     "weights_dir",
+    "weights_paths",
+    "check_architecture",
     "model_config",
 ]
 
@@ -88,7 +90,9 @@ def weights_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "weights"
 
 
-def _paths(name: str, root: Path | None) -> tuple[Path, Path]:
+def weights_paths(name: str, root: Path | None = None) -> tuple[Path, Path]:
+    """(weights file, card file) of weights ``name``; ``ValueError`` for a name escaping the
+    weights folder."""
     if not name or name.startswith(("/", ".")) or ".." in name.split("/"):
         raise ValueError(f"weights name must look like 'domain/model', got {name!r}")
     base = (root or weights_dir()) / name
@@ -105,7 +109,7 @@ def list_weights(root: Path | None = None) -> list[str]:
 
 def read_card(name: str, root: Path | None = None) -> dict[str, Any]:
     """The JSON card of shipped weights ``name``."""
-    _, card_path = _paths(name, root)
+    _, card_path = weights_paths(name, root)
     if not card_path.is_file():
         valid = ", ".join(list_weights(root)) or "none shipped"
         raise ValueError(f"unknown weights {name!r}; valid: {valid}")
@@ -139,7 +143,7 @@ def save_weights(
     card.setdefault("model_args", getattr(model, "registry_args", {}))
     card["module"] = _BUILDERS[builder].__module__
     card["config"] = model_config(model)
-    path, card_path = _paths(name, root)
+    path, card_path = weights_paths(name, root)
     state = model.state_dict()
     atomic_save(state, path, {"format": "attnlab-weights", "model": builder})
     card["name"] = name
@@ -162,7 +166,7 @@ def load(
             card), or weights of another architecture (keys, shapes or config differ).
     """
     card = read_card(name, root)
-    path, _ = _paths(name, root)
+    path, _ = weights_paths(name, root)
     if not path.is_file():
         raise WeightsError(f"weights {name!r}: file {path} is missing")
     size = path.stat().st_size
