@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from attnlab.core import masks
 from attnlab.core.blocks import Block, TransformerDecoder, TransformerEncoder
 from attnlab.core.kv_cache import KVCache
