@@ -22,7 +22,7 @@ from PIL import Image
 
 from attnlab.apps import explorer_lab as lab
 from attnlab.apps.views import head_view_html, head_view_js, heatmap, plot_bench
-from attnlab.core import masks
+from attnlab.core import attention, masks
 
 __all__ = [
     "ExploreResult",
@@ -54,14 +54,16 @@ _HEAD_VIEW_MAX = 4_000_000  # weights entries (H * L * S) materialised for the h
 class ExploreResult:
     """What one explorer run shows."""
 
-    allowed: Image.Image  # mask pattern of the drawn head
-    used: Image.Image  # weights of the drawn head
+    allowed: Image.Image | None  # mask pattern of the drawn head (None when not drawn)
+    used: Image.Image | None  # weights of the drawn head (None when not drawn)
     head_view: str  # HTML for gr.HTML (empty when L is too long)
     table: str  # Markdown: backend, diff vs math, time, memory
     max_abs_diff: float | None
     backend: str  # the backend that ran
     time_ms: float
     peak_mb: float
+    weights: torch.Tensor  # (Lq', Sk') weights of the drawn head, block-pooled for long inputs
+    allowed_frac: torch.Tensor  # (Lq', Sk') fraction of each block the mask allows
 
 
 def _labels(names: list[str], factor: int) -> list[str]:
@@ -82,8 +84,11 @@ def explore(
     prefix: int = 4,
     kv_len: int | None = None,
     head: int = 0,
+    draw: bool = True,
 ) -> ExploreResult:
     """Run one setting: validate, refuse what does not fit, compute, measure and draw.
+
+    ``draw=False`` skips the pictures and the head view (tests, scripts).
 
     Raises:
         ValueError: with a sentence a person can act on (bad parameter, too large for memory).
@@ -108,33 +113,26 @@ def explore(
     name = lab.check_fits(prob)  # raises before anything large is allocated
     q, k, v, ql, kl = lab.make_inputs(input_kind, prob, seed)
     try:
-        out = lab.run_backend(name, q, k, v, prob.mask)
+        out = lab.run_backend(name, q, k, v, prob.call_mask)
     except (ValueError, NotImplementedError) as e:
         raise ValueError(f"backend {name} cannot run this setting: {e}") from e
-    secs, runs, peak = lab.measure(lambda: lab.run_backend(name, q, k, v, prob.mask))
+    secs, runs, peak = lab.measure(lambda: lab.run_backend(name, q, k, v, prob.call_mask))
 
     ref_ok = lab.estimate_seconds("math", prob) <= lab._MAX_SECONDS
     ref, w_pool, a_pool, (fq, fk) = lab.reference(q, k, v, prob.mask, head=head)
     diff = float((out - ref).abs().max()) if ref_ok else None
     qlab, klab = _labels(ql, fq), _labels(kl, fk)
-    size = (5.0, 4.4)
-    allowed = heatmap(
-        a_pool, qlab, klab, title=f"allowed: {prob.mask.describe()}", vmin=0.0, vmax=1.0, size=size
-    ).image
-    used = heatmap(w_pool, qlab, klab, title=f"used: weights of head {head}", size=size).image
+    allowed = used = None
     hv = ""
-    if prob.heads * prob.L * prob.S <= _HEAD_VIEW_MAX:
-        from attnlab.core import attention
-
+    if draw:
+        size = (5.0, 4.4)
+        title = f"allowed: {prob.mask.describe()}"
+        allowed = heatmap(a_pool, qlab, klab, title=title, vmin=0.0, vmax=1.0, size=size).image
+        used = heatmap(w_pool, qlab, klab, title=f"used: weights of head {head}", size=size).image
+    if draw and prob.heads * prob.L * prob.S <= _HEAD_VIEW_MAX:
         w_all = attention(q, k, v, mask=prob.mask, backend="math", return_weights=True).weights
-        hv = head_view_html(
-            w_all[0],
-            ql,
-            kl,
-            top_k=6,
-            height=420,
-            title="head view: hover a token to see what it attends to",
-        )
+        hint = "head view: hover a token to see what it attends to"
+        hv = head_view_html(w_all[0], ql, kl, top_k=6, height=420, title=hint)
 
     allowed_frac = (
         float(a_pool.mean())
@@ -169,7 +167,9 @@ def explore(
         )
     if fq > 1 or fk > 1:
         table += f"\n\n*pictures pooled in blocks of {fq} queries × {fk} keys.*"
-    return ExploreResult(allowed, used, hv, table, diff, name, secs * 1e3, peak / 2**20)
+    return ExploreResult(
+        allowed, used, hv, table, diff, name, secs * 1e3, peak / 2**20, w_pool, a_pool
+    )
 
 
 def run_explorer(
@@ -266,9 +266,9 @@ def complexity(
     return img, _table(rows)
 
 
-def _bench_mask(kind: str) -> tuple[str, masks.Mask]:
+def _bench_mask(kind: str) -> tuple[str, masks.Mask | None]:
     if kind == "full":
-        return "full", masks.full()
+        return "full", None  # no mask at all: what a model without one runs
     if kind == "causal":
         return "causal", masks.causal()
     if kind == "causal window 256":
@@ -289,8 +289,8 @@ def remeasure(mask_kind: str, lengths, heads: int = 8) -> list[dict]:
     for L in Ls:
         g = torch.Generator().manual_seed(L)
         q, k, v = (torch.randn(1, heads, L, lab.HEAD_DIM, generator=g) for _ in range(3))
-        pairs = mask.allowed_pairs(L, L)
-        for name in lab.BACKENDS:
+        pairs = mask.allowed_pairs(L, L) if mask is not None else float(L * L)
+        for name in lab.available_backends():
             try:
                 secs, _, peak = lab.measure(
                     lambda n=name, q=q, k=k, v=v: lab.run_backend(n, q, k, v, mask),

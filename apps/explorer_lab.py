@@ -11,6 +11,7 @@ sums. They are used to refuse a run *before* anything is allocated.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import statistics
@@ -39,6 +40,7 @@ __all__ = [
     "memory_budget",
     "check_fits",
     "resolve_backend",
+    "available_backends",
     "reference",
     "measure",
     "fmt_bytes",
@@ -71,6 +73,12 @@ class Problem:
     heads: int
     backend: str  # as chosen: "auto" or a backend name
     causal_like: bool  # the mask lets a query see no later key (linear attention's causal mode)
+
+    @property
+    def call_mask(self) -> masks.Mask | None:
+        """The mask to pass to `attention`: None when every key is allowed, so that no
+        backend pays for a dense all-True mask."""
+        return None if self.mask_kind in ("full", "cross") else self.mask
 
 
 def _int(value, name: str, lo: int, hi: int | None = None) -> int:
@@ -232,12 +240,25 @@ def make_inputs(
     return q.contiguous(), k.contiguous(), v, qw, kw
 
 
+def available_backends() -> tuple[str, ...]:
+    """The backends installed in ``attnlab.core.backends`` (looked up, not imported)."""
+    return tuple(
+        b for b in BACKENDS if importlib.util.find_spec(f"attnlab.core.backends.{b}") is not None
+    )
+
+
 def resolve_backend(prob: Problem) -> str:
     """The backend that will run: ``auto`` resolved the way `attention` resolves it."""
-    if prob.backend != "auto":
-        return prob.backend
-    call = _call(prob.mask, HEAD_DIM, need_weights=False)
-    return choose_backend(call, prob.L, prob.S)
+    name = prob.backend
+    if name == "auto":
+        call = _call(prob.call_mask, HEAD_DIM, need_weights=False)
+        name = choose_backend(call, prob.L, prob.S)
+    if name not in available_backends():
+        raise ValueError(
+            f"the {name} backend is not available in this installation; "
+            f"pick one of {', '.join(available_backends())}"
+        )
+    return name
 
 
 def estimate_bytes(backend: str, prob: Problem, D: int = HEAD_DIM) -> int:
@@ -247,7 +268,7 @@ def estimate_bytes(backend: str, prob: Problem, D: int = HEAD_DIM) -> int:
     if backend == "math":
         return H * L * S * 4 * 3 + out
     if backend == "sdpa":
-        plain = prob.mask_kind == "causal"
+        plain = prob.mask_kind in ("full", "causal", "cross")  # no dense mask is built
         return (0 if plain else L * S * 5) + out * 2
     if backend == "tiled":
         return out * 3 + H * min(L, 256) * min(S, 1024) * 4 * 3 + H * L * 8
@@ -303,7 +324,7 @@ def check_fits(prob: Problem) -> str:
         return name
     fits = [
         b
-        for b in BACKENDS
+        for b in available_backends()
         if estimate_bytes(b, prob) <= budget and estimate_seconds(b, prob) <= _MAX_SECONDS
     ]
     alt = ", ".join(f"{b} (~{fmt_bytes(estimate_bytes(b, prob))})" for b in fits)

@@ -1,0 +1,179 @@
+"""Core Explorer handlers, headless: every mask with every backend, outputs checked against a
+float64 reference that imports nothing from attnlab, and bad input refused with a readable
+message before anything large is allocated."""
+
+import json
+import sys
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnlab.apps import explorer as ex
+from attnlab.apps import explorer_lab as lab
+from attnlab.apps import suite
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reference import reference_attention  # noqa: E402
+
+BACKENDS = lab.available_backends()
+EXACT = {"math", "sdpa", "tiled"}
+# form values that make every mask valid at L = 24
+FORM = dict(window=5, symmetric=False, valid_keys=10, n_docs=3, prefix=6, kv_len=16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mask", lab.MASK_KINDS)
+def test_every_mask_and_backend_runs(mask, backend):
+    r = ex.explore(mask, 24, 2, backend, "random", seed=1, draw=False, **FORM)
+    assert r.backend == backend
+    S = 16 if mask == "cross" else 24
+    assert tuple(r.weights.shape) == (24, S) and tuple(r.allowed_frac.shape) == (24, S)
+    assert r.time_ms > 0 and r.peak_mb >= 0
+    assert r.max_abs_diff is not None and np.isfinite(r.max_abs_diff)
+    if backend in EXACT:
+        assert r.max_abs_diff < 1e-5
+    assert "output max abs diff vs math" in r.table
+
+
+@pytest.mark.parametrize("mask", lab.MASK_KINDS)
+def test_handler_draws_for_each_mask(mask):
+    allowed, used, hv, table = ex.run_explorer(
+        mask, 20, 2, "auto", "sentence", 0, *FORM.values(), 1
+    )
+    assert isinstance(allowed, Image.Image) and isinstance(used, Image.Image)
+    assert allowed.size == used.size == (500, 440)
+    assert np.asarray(allowed).std() > 0 and not np.array_equal(allowed, used)
+    assert 'class="attn-hv"' in hv and "max abs diff" in table
+
+
+@pytest.mark.parametrize("mask", ["causal", "local window", "document", "cross"])
+def test_reference_and_pooled_weights_match_float64(mask):
+    prob = lab.make_mask(mask, 40, heads=3, **FORM)
+    q, k, v, _, _ = lab.make_inputs("random", prob, seed=3)
+    allowed = prob.mask.dense(prob.L, prob.S)
+    want_out, want_w, _ = reference_attention(q, k, v, allowed=allowed)
+    # chunks of 8 rows and pooling by 4 x 2 exercise the chunked, pooled path
+    out, w_pool, a_pool, (fq, fk) = lab.reference(
+        q, k, v, prob.mask, head=2, max_cells=20, chunk_bytes=8 * 3 * prob.S * 4 * 3
+    )
+    torch.testing.assert_close(out.double(), want_out, atol=1e-5, rtol=1e-5)
+    assert (fq, fk) == (2, -(-prob.S // 20))
+    w = torch.nn.functional.pad(want_w[0, 2], (0, -prob.S % fk))
+    pooled = w.view(20, fq, -1, fk).sum(-1).mean(1)
+    torch.testing.assert_close(w_pool.double(), pooled, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(w_pool.sum(-1), torch.ones(20), atol=1e-5, rtol=0)
+    assert float(a_pool.min()) >= 0 and float(a_pool.max()) <= 1
+
+
+def test_sentence_example_has_meaningful_heads():
+    prob = lab.make_mask("full", 22, heads=2)
+    q, k, v, words, _ = lab.make_inputs("sentence", prob)
+    w = reference_attention(q, k, v)[1][0]
+    # head 1 is the previous-token head
+    assert (w[1, 1:].argmax(-1) == torch.arange(21)).all()
+    # head 0 attends to copies of the same word: "mat" (8) puts most weight on both "mat"s
+    mats = [i for i, t in enumerate(words) if t == "mat"]
+    assert set(w[0, mats[1]].topk(2).indices.tolist()) == set(mats)
+
+
+@pytest.mark.parametrize(
+    "mask, kw, needle",
+    [
+        ("local window", dict(window=50), "larger than L"),
+        ("key padding", dict(valid_keys=""), "field is empty"),
+        ("key padding", dict(valid_keys=None), "field is empty"),
+        ("key padding", dict(valid_keys=0), "no valid key"),
+        ("key padding", dict(valid_keys=99), "exceeds L"),
+        ("document", dict(n_docs=40), "do not fit"),
+        ("prefix-LM", dict(prefix=33), "longer than L"),
+        ("cross", dict(kv_len=0), "Lk"),
+    ],
+)
+def test_bad_form_values_give_readable_errors(mask, kw, needle):
+    form = {**FORM, **kw}
+    with pytest.raises(gr.Error, match=needle):
+        ex.run_explorer(mask, 32, 2, "auto", "random", 0, *form.values(), 0)
+
+
+def test_bad_length_head_and_names():
+    with pytest.raises(ValueError, match="L \\(sequence length\\) must be between"):
+        ex.explore("full", 1, 2, "math", draw=False)
+    with pytest.raises(ValueError, match="whole number"):
+        ex.explore("full", 12.5, 2, "math", draw=False)
+    with pytest.raises(ValueError, match="only 2 heads"):
+        ex.explore("full", 8, 2, "math", head=2, draw=False)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ex.explore("full", 8, 2, "flash", draw=False)
+    with pytest.raises(ValueError, match="mask must be one of"):
+        ex.explore("diagonal", 8, 2, "math", draw=False)
+
+
+def test_too_large_for_memory_is_refused_before_allocating(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("inputs were allocated before the memory check")
+
+    monkeypatch.setattr(lab, "make_inputs", boom)
+    monkeypatch.setenv("ATTNLAB_EXPLORER_MAX_MB", "2048")
+    with pytest.raises(gr.Error) as err:
+        ex.run_explorer("full", 16384, 16, "math", "random", 0, *FORM.values(), 0)
+    msg = str(err.value)
+    assert "math backend would need about 48.1 GB" in msg and "2.0 GB per run" in msg
+    assert "Backends that fit:" in msg and "sdpa" in msg
+
+
+def test_memory_estimate_of_math_matches_measured_peak():
+    prob = lab.make_mask("causal", 256, heads=4)
+    q, k, v, _, _ = lab.make_inputs("random", prob)
+    peak = lab.peak_bytes(lambda: lab.run_backend("math", q, k, v, prob.mask))
+    est = lab.estimate_bytes("math", prob)
+    assert 0.5 * est <= peak <= 1.5 * est
+
+
+def test_param_visibility():
+    ups = ex.param_visibility("local window")
+    assert [u["visible"] for u in ups] == [True, True, False, False, False, False]
+    assert not any(u["visible"] for u in ex.param_visibility("full"))
+    assert [u["visible"] for u in ex.param_visibility("cross")][-1]
+
+
+def test_complexity_from_results_file(tmp_path):
+    rows = [
+        {"backend": b, "mask": m, "pass": "fwd", "L": L, "time_ms": L * t, "peak_mem_mb": L / 9}
+        for b, t in (("sdpa", 1.0), ("tiled", 2.0))
+        for m in ("full", "causal")
+        for L in (256, 512, 1024)
+    ]
+    path = tmp_path / "core.json"
+    path.write_text(json.dumps({"rows": rows}))
+    img, table = ex.complexity("causal", "fwd", path=path)
+    assert isinstance(img, Image.Image) and img.width > 400
+    assert table.count("| causal |") == 6 and "| full |" not in table
+    img, msg = ex.complexity(path=tmp_path / "missing.json")
+    assert img is None and "attnlab bench core" in msg
+
+
+def test_remeasure_small_lengths():
+    rows = ex.remeasure("causal", [32, "64"], heads=2)
+    assert {r["L"] for r in rows} == {32, 64}
+    assert {r["backend"] for r in rows} >= {"math", "sdpa"}
+    for r in rows:
+        assert r["time_ms"] > 0 and r["gflops"] > 0 and "ratio_sdpa" in r
+    with pytest.raises(gr.Error, match="between 2 and 2048"):
+        ex.run_remeasure("causal", [4096])
+    with pytest.raises(gr.Error, match="at least one length"):
+        ex.run_remeasure("causal", [])
+
+
+def test_suite_names_every_listener_and_shares_timing_queue():
+    page = suite.build()
+    fns = list(page.fns.values())
+    assert fns and all(f.api_name for f in fns)
+    assert len({f.api_name for f in fns}) == len(fns)
+    timing = [f for f in fns if f.name in ("run_explorer", "run_remeasure")]
+    assert len(timing) == 2 and {f.concurrency_id for f in timing} == {ex.CONCURRENCY_ID}
+    with pytest.raises(ValueError, match="domain must be one of"):
+        suite.build("chemistry")
