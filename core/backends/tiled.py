@@ -164,19 +164,30 @@ def _gather_call(q, k, v, call, L, S, rows: Tensor, lists: Tensor, masked: bool,
     Hk, Dv = k.shape[1], v.shape[3]
     R, n = lists.shape
     dev = q.device
-    bi = torch.arange(B, device=dev).view(-1, 1, 1, 1)
-    hq = torch.arange(H, device=dev).view(1, 1, -1, 1)
-    hk = hq // call.groups  # GQA: query head h reads key head h // groups
-    rows_d, lists_d = rows.to(dev), lists.to(dev)
-    q5 = q[:, :, : (L // block) * block].reshape(B, H, -1, block, D)
-    k5 = k[:, :, : (S // block) * block].reshape(B, Hk, -1, block, D)
-    v5 = v[:, :, : (S // block) * block].reshape(B, Hk, -1, block, Dv)
-    qi = q5[bi, hq, rows_d.view(1, -1, 1, 1)]  # (B, R, H, 1, block, D)
-    kj = k5[bi, hk, lists_d.view(1, R, 1, n)]  # (B, R, H, n, block, D)
-    vj = v5[bi, hk, lists_d.view(1, R, 1, n)]
-    qi = qi.reshape(B * R, H, block, D)
-    kj = kj.reshape(B * R, H, n * block, D)
-    vj = vj.reshape(B * R, H, n * block, Dv)
+    rows_d, flat = rows.to(dev), lists.reshape(-1).to(dev)
+    r0, j0 = int(rows[0]), int(lists[0, 0])
+    steps = torch.arange(R).view(-1, 1) + torch.arange(n).view(1, -1)
+    if bool((rows == r0 + torch.arange(R)).all()) and bool((lists == j0 + steps).all()):
+        # a sliding pattern (windows): overlapping views of k/v, no copy (unfold's backward
+        # adds the overlapping gradients back)
+        qi = q[:, :, r0 * block:(r0 + R) * block]
+
+        def windows(t):  # (B, Hk, R, n*block, D')
+            t = t[:, :, j0 * block:(j0 + R - 1 + n) * block]
+            return t.unfold(2, n * block, block).transpose(-1, -2)
+
+        kj, vj = windows(k), windows(v)
+    else:  # index_select copies whole (block, D) tiles: far faster than multi-tensor indexing
+        qi = q[:, :, : (L // block) * block].reshape(B, H, -1, block, D).index_select(2, rows_d)
+        kj = k[:, :, : (S // block) * block].reshape(B, Hk, -1, block, D).index_select(2, flat)
+        vj = v[:, :, : (S // block) * block].reshape(B, Hk, -1, block, Dv).index_select(2, flat)
+    if call.groups > 1:  # GQA: query head h reads key head h // groups
+        kj, vj = _expand_heads(kj, call.groups), _expand_heads(vj, call.groups)
+    # fold (batch, head) into the kernel's batch and the R query blocks into its heads:
+    # q (B*H, R, block, D), k/v (B*H, R, n*block, D)
+    qi = qi.reshape(B * H, R, block, D)
+    kj = kj.reshape(B * H, R, n * block, D)
+    vj = vj.reshape(B * H, R, n * block, Dv)
     bias = None
     if masked:  # only masks that depend on neither the head nor a tensor mask come here
         mask = call.mask
@@ -185,19 +196,21 @@ def _gather_call(q, k, v, call, L, S, rows: Tensor, lists: Tensor, masked: bool,
         h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
         qpos = (rows_d.view(1, R, 1, 1) * block
                 + torch.arange(block, device=dev).view(1, 1, -1, 1))  # (1, R, block, 1)
-        kpos = (lists_d.view(1, R, 1, n, 1) * block
+        kpos = (lists.to(dev).view(1, R, 1, n, 1) * block
                 + torch.arange(block, device=dev).view(1, 1, 1, 1, -1)).view(1, R, 1, n * block)
         allowed = mask._eval(b, h, qpos, kpos, L, S).expand(nb, R, block, n * block)
-        bias = _bias(allowed, q.dtype).expand(B, R, block, n * block)
-        bias = bias.reshape(B * R, 1, block, n * block)
+        bias = _bias(allowed, q.dtype)  # (B'|1, R, block, n*block)
+        if nb > 1:  # a batch-dependent mask: one copy per head
+            bias = bias.unsqueeze(1).expand(B, H, R, block, n * block)
+            bias = bias.reshape(B * H, R, block, n * block)
     if split:  # differentiable LSE
         out, lse = flash_parts(qi, [(kj, vj, bias)], call.scale)
     else:
         out, lse = fused_attention(qi, kj, vj, bias, call.scale, call.dropout_p, call.need_lse)
-    # (B*R, H, block, Dv) -> (B, H, R*block, Dv): rows back in sequence order
-    out = out.view(B, R, H, block, Dv).transpose(1, 2).reshape(B, H, R * block, Dv)
+    # (B*H, R, block, Dv) -> (B, H, R*block, Dv): a view, rows in the order of ``rows``
+    out = out.reshape(B, H, R * block, Dv)
     if lse is not None:
-        lse = lse.view(B, R, H, block).transpose(1, 2).reshape(B, H, R * block)
+        lse = lse.reshape(B, H, R * block)
     return out, lse
 
 
@@ -271,6 +284,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
                 run.append(r)
     D = q.shape[3]
     for n, items in singles.items():
+        items.sort()  # torch.unique ordered the lists lexicographically, not by row
         per_row = B * H * n * block * (D + Dv + 1) * q.element_size()
         chunk = max(1, GATHER_BYTES // per_row)
         for c in range(0, len(items), chunk):
