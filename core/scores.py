@@ -75,7 +75,9 @@ class ALiBi(ScoreMod):
         self.num_heads = num_heads
         self.slopes = alibi_slopes(num_heads) if slopes is None else slopes.float()
         if self.slopes.shape != (num_heads,):
-            raise ValueError(f"slopes must have shape ({num_heads},), got {tuple(self.slopes.shape)}")
+            raise ValueError(
+                f"slopes must have shape ({num_heads},), got {tuple(self.slopes.shape)}"
+            )
         self.align = align
 
     def bias(self, b, h, q, kv, L, S):
