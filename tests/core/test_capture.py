@@ -3,20 +3,15 @@ recorded layers leave the fused path, flags restored on error, lazy rows exact, 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from reference import reference_attention
 
 from attnlab.core import masks
 from attnlab.core.backends import math as math_backend
 from attnlab.core.blocks import TransformerDecoder, TransformerEncoder
 from attnlab.core.capture import ablate_heads, attention_modules, record_attention
 from attnlab.core.modules import MultiHeadAttention
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference import reference_attention  # noqa: E402
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

@@ -3,20 +3,15 @@ decoding vs the full forward, dropout, masks, names and bad input."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from reference import reference_attention
 
 from attnlab.core import masks
 from attnlab.core.blocks import Block, TransformerDecoder, TransformerEncoder
 from attnlab.core.kv_cache import KVCache
 from attnlab.core.modules import MultiHeadAttention
 from attnlab.core.scores import alibi_slopes
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference import reference_attention  # noqa: E402
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
