@@ -28,6 +28,7 @@ __all__ = [
     "ExploreResult",
     "explore",
     "run_explorer",
+    "refusal",
     "param_visibility",
     "load_bench_results",
     "complexity",
@@ -115,7 +116,10 @@ def explore(
     try:
         out = lab.run_backend(name, q, k, v, prob.call_mask)
     except (ValueError, NotImplementedError) as e:
-        raise ValueError(f"backend {name} cannot run this setting: {e}") from e
+        raise ValueError(
+            f"backend {name} cannot run this setting: {e}. The exact backends (math, sdpa, "
+            "tiled) run every mask."
+        ) from e
     secs, runs, peak = lab.measure(lambda: lab.run_backend(name, q, k, v, prob.call_mask))
 
     ref_ok = lab.estimate_seconds("math", prob) <= lab._MAX_SECONDS
@@ -142,6 +146,7 @@ def explore(
     flops = 4.0 * prob.heads * allowed_frac * prob.L * prob.S * lab.HEAD_DIM
     rows = [
         ("backend", f"{backend} → **{name}**" if backend == "auto" else f"**{name}**"),
+        ("mask", prob.mask.describe()),
         ("shape", f"B=1, H={prob.heads}, L={prob.L}, S={prob.S}, D={lab.HEAD_DIM}, float32"),
         ("allowed (query, key) pairs", f"{allowed_frac:.1%} of L·S"),
         (
@@ -150,7 +155,7 @@ def explore(
         ),
         (
             "time (median)",
-            f"{secs * 1e3:.2f} ms over {runs} run(s), {flops / secs / 1e9:.1f} useful GFLOP/s",
+            f"{secs * 1e3:.2f} ms over {runs} run(s), {flops / secs / 1e9:.3g} useful GFLOP/s",
         ),
         ("peak memory (measured)", lab.fmt_bytes(peak)),
         (
@@ -187,26 +192,22 @@ def run_explorer(
     kv_len,
     head,
 ):
-    """Gradio handler of the Run button: `explore`, with errors shown as ``gr.Error``."""
+    """Gradio handler of the Run button: `explore`. A setting that cannot run clears the
+    pictures and puts the reason in the page (and in a warning toast): never a traceback."""
     try:
         r = explore(
-            mask_kind,
-            L,
-            heads,
-            backend,
-            input_kind,
-            seed,
-            window,
-            symmetric,
-            valid_keys,
-            n_docs,
-            prefix,
-            kv_len,
-            head,
-        )
+            mask_kind, L, heads, backend, input_kind, seed, window, symmetric,
+            valid_keys, n_docs, prefix, kv_len, head,
+        )  # fmt: skip
     except ValueError as e:
-        raise gr.Error(str(e), title="Cannot run this setting", print_exception=False) from e
+        return None, None, "", refusal(str(e))
     return r.allowed, r.used, r.head_view, r.table
+
+
+def refusal(message: str, title: str = "Cannot run this setting") -> str:
+    """Markdown shown in place of the results, plus a warning toast when a page is open."""
+    gr.Warning(message, title=title)
+    return f"### ⚠ {title}\n\n{message}"
 
 
 def param_visibility(mask_kind: str) -> list[dict]:
@@ -318,11 +319,11 @@ def remeasure(mask_kind: str, lengths, heads: int = 8) -> list[dict]:
 
 
 def run_remeasure(mask_kind, lengths):
-    """Gradio handler of the re-measure button."""
+    """Gradio handler of the re-measure button (a refusal is shown in the page)."""
     try:
         rows = remeasure(mask_kind, lengths)
     except ValueError as e:
-        raise gr.Error(str(e), title="Cannot re-measure", print_exception=False) from e
+        return None, refusal(str(e), "Cannot re-measure")
     img = plot_bench(rows, title=f"measured now: {mask_kind}, forward, B·H = 8, D = 64")
     return img, _table(rows)
 
@@ -348,8 +349,12 @@ def build() -> gr.Blocks:
             gr.Markdown(INTRO)
             with gr.Row():
                 with gr.Column(scale=1, min_width=260):
-                    mask = gr.Dropdown(list(lab.MASK_KINDS), value="causal", label="mask")
-                    window = gr.Number(8, precision=0, label="window w", visible=False)
+                    mask = gr.Dropdown(
+                        list(lab.MASK_KINDS), value="causal", label="mask", elem_id="explorer-mask"
+                    )
+                    window = gr.Number(
+                        8, precision=0, label="window w", visible=False, elem_id="explorer-window"
+                    )
                     symmetric = gr.Checkbox(
                         False, label="symmetric window (w // 2 each side)", visible=False
                     )

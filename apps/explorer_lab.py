@@ -283,10 +283,21 @@ def estimate_seconds(backend: str, prob: Problem, D: int = HEAD_DIM) -> float:
     if backend == "linear":
         flops = 4.0 * H * (L + S) * D * D
     elif backend == "tiled":
-        flops = 4.0 * H * prob.mask.allowed_pairs(L, S, block=max(64, L // 64)) * D
+        flops = 4.0 * H * approx_pairs(prob) * D
     else:
         flops = 4.0 * H * L * S * D * (0.5 if prob.mask_kind == "causal" else 1.0)
     return flops / _RATE[backend]
+
+
+def approx_pairs(prob: Problem) -> float:
+    """Allowed (query, key) pairs, estimated from the mask's block layout without evaluating
+    any block (a partial block counts half): cheap even at L = 16384."""
+    if prob.call_mask is None:
+        return float(prob.L * prob.S)
+    bq = max(64, -(-prob.L // 64))
+    bk = max(64, -(-prob.S // 64))
+    kinds = prob.mask.block_kinds(prob.L, prob.S, bq, bk)[0, 0].float()
+    return float((kinds / 2).sum()) * bq * bk  # FULL = 2 -> 1 block, PARTIAL = 1 -> half
 
 
 def memory_budget() -> int:
