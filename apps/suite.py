@@ -30,6 +30,8 @@ DEMOS: dict[str, str] = {
     "music": "Music",
 }
 
+ALIASES = {"core": "explorer", "core-explorer": "explorer"}
+
 
 def available_demos() -> dict[str, object]:
     """Modules that exist and import, keyed by demo name (``explorer``, ``text``...)."""
@@ -54,6 +56,7 @@ def build(domain: str | None = None) -> gr.Blocks:
         ValueError: ``domain`` is not a known demo, or its app is not available.
     """
     demos = available_demos()
+    domain = ALIASES.get(domain, domain)
     if domain is not None:
         if domain not in DEMOS:
             raise ValueError(
@@ -88,13 +91,17 @@ def launch(
             for all.
         server_name, server_port: where to listen (port None: Gradio picks a free one from
             7860 up).
-        **kw: passed to ``gr.Blocks.launch`` (``prevent_thread_lock=True`` returns at once;
-            call ``close()`` on the returned Blocks when done).
+        **kw: ``port`` (the CLI's name for ``server_port``); the rest goes to
+            ``gr.Blocks.launch`` (``prevent_thread_lock=True`` returns at once; call
+            ``close()`` on the returned Blocks when done).
 
     Returns:
         The launched ``gr.Blocks``.
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if "port" in kw:  # the CLI's --port
+        port = kw.pop("port")
+        server_port = port if port is not None else server_port
     page = build(domain)
     page.queue(default_concurrency_limit=1)
     page.launch(server_name=server_name, server_port=server_port, **kw)
