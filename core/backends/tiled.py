@@ -240,6 +240,10 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
         out, lse = online_softmax_attention(q, kx, vx, call, p.needed, p.block)
         return out, None, (lse if call.need_lse else None)
 
+    # the fused kernel may turn NaN scores into a silent zero row: check inputs (O(L*D))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or Inf values")
     block = p.block
     nq = p.needed.shape[0]
     uniq, inverse = torch.unique(p.needed, dim=0, return_inverse=True)
@@ -258,7 +262,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
         if not idx:  # no key at all: zero output, -inf LSE
             for r in rows:
                 a, b = r * block, min(L, (r + 1) * block)
-                pieces.append((a, q.new_zeros(B, H, b - a, Dv),
+                # zeros that stay in the graph, so that backward gives zero gradients
+                zero = (q[:, :, a:b, :1] + k[:, :1, :1, :1] + v[:, :1, :1, :1]) * 0
+                pieces.append((a, zero.expand(B, H, b - a, Dv),
                                q.new_full((B, H, b - a), float("-inf"), dtype=torch.float32)))
             continue
         short = (last_q_short and rows[-1] == nq - 1) or (last_k_short and idx[-1] == nk - 1)
