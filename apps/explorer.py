@@ -429,7 +429,9 @@ def build() -> gr.Blocks:
                     list(REMEASURE_LENGTHS), value=[256, 512, 1024], label="L"
                 )
                 rm_btn = gr.Button("Re-measure", elem_id="complexity-remeasure")
-            live = gr.Image(label="measured now", type="pil", format="png")
+            live = gr.Image(
+                label="measured now", type="pil", format="png", elem_id="complexity-live"
+            )
             live_table = gr.Markdown()
             for comp, api in ((mfilt, "complexity_mask"), (pfilt, "complexity_pass")):
                 comp.change(complexity, [mfilt, pfilt], [shipped, shipped_table], api_name=api)
