@@ -7,6 +7,9 @@ file. Shipped weights live in the repository's ``weights/`` folder as
 folder (``toy/copy-lm``). The card holds the builder name and arguments, the resulting
 config, the command that trained it, the data and split, the metrics, the file size and its
 sha256. :func:`load` checks all of them before a single weight is copied.
+
+Training recipes (domain name -> ``build(cfg) -> RecipeParts``) are registered here too,
+so that ``attnlab train DOMAIN`` and ``attnlab eval NAME`` find them by name.
 """
 
 from __future__ import annotations
@@ -18,16 +21,20 @@ import importlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from torch.utils.data import Dataset
 
 from .checkpoint import atomic_save, atomic_write_text
+from .train_config import TrainConfig
 
 Builder = Callable[..., nn.Module]
+LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, Any]]"]
 _BUILDERS: dict[str, Builder] = {}
 
 __all__ = [
@@ -43,6 +50,11 @@ __all__ = [
     "weights_paths",
     "check_architecture",
     "model_config",
+    "RecipeParts",
+    "Recipe",
+    "register_recipe",
+    "get_recipe",
+    "list_recipes",
 ]
 
 
@@ -211,3 +223,64 @@ def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], what: s
                 f"{what} are for another architecture ({k}: {tuple(state[k].shape)} in the "
                 f"file, {tuple(v.shape)} in the model)"
             )
+
+
+# ---------------------------------------------------------------- training recipes
+
+
+@dataclass(frozen=True)
+class RecipeParts:
+    """What a recipe builds for a config: the model and its data.
+
+    Attributes:
+        model: the module to train (its ``state_dict`` keys are the checkpoint keys).
+        train_set: map-style dataset.
+        eval_set: optional held-out dataset, evaluated every ``eval_every`` steps and at the end.
+        loss_fn: ``(model, batch) -> loss | (loss, metrics)``; default ``model.loss(batch)``.
+        collate_fn: batches a list of samples; default ``torch.utils.data.default_collate``.
+        tokens_per_sample: when set, throughput is reported in tokens/s instead of samples/s.
+    """
+
+    model: nn.Module
+    train_set: Dataset
+    eval_set: Dataset | None = None
+    loss_fn: LossFn | None = None
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    tokens_per_sample: int | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    build: Callable[[TrainConfig], RecipeParts]
+    defaults: TrainConfig
+    description: str = ""
+
+
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(
+    name: str, defaults: TrainConfig, description: str = ""
+) -> Callable[[Callable[[TrainConfig], RecipeParts]], Callable[[TrainConfig], RecipeParts]]:
+    """Register ``build(cfg) -> RecipeParts`` as the training recipe ``name``."""
+
+    def deco(build: Callable[[TrainConfig], RecipeParts]) -> Callable:
+        if name in _RECIPES:
+            raise ValueError(f"recipe {name!r} is already registered")
+        doc = description or (build.__doc__ or "").strip().split("\n")[0]
+        _RECIPES[name] = Recipe(name, build, defaults.replace(recipe=name), doc)
+        return build
+
+    return deco
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in _RECIPES:
+        valid = ", ".join(sorted(_RECIPES)) or "(none registered)"
+        raise ValueError(f"unknown training recipe {name!r}; valid: {valid}")
+    return _RECIPES[name]
+
+
+def list_recipes() -> list[str]:
+    return sorted(_RECIPES)

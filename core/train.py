@@ -14,7 +14,8 @@ batch's samples (or over a fixed number of tokens per sample) so that N ranks re
 process with the same global batch.
 
 **Recipes.** A domain plugs in with ``@register_recipe("name", defaults=TrainConfig(...))``
-on a function ``build(cfg) -> RecipeParts`` (model + datasets + optional loss/collate).
+on a function ``build(cfg) -> RecipeParts`` (model + datasets + optional loss/collate);
+the recipe registry lives in :mod:`attnlab.core.registry` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as pdist
+from .registry import LossFn, Recipe, RecipeParts, get_recipe, list_recipes, register_recipe
 from .train_config import TrainConfig
-
-LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, Any]]"]
 
 __all__ = [
     "TrainConfig",
@@ -57,64 +57,6 @@ __all__ = [
     "lr_at",
     "make_optimizer",
 ]
-
-
-@dataclass(frozen=True)
-class RecipeParts:
-    """What a recipe builds for a config: the model and its data.
-
-    Attributes:
-        model: the module to train (its ``state_dict`` keys are the checkpoint keys).
-        train_set: map-style dataset.
-        eval_set: optional held-out dataset, evaluated every ``eval_every`` steps and at the end.
-        loss_fn: ``(model, batch) -> loss | (loss, metrics)``; default ``model.loss(batch)``.
-        collate_fn: batches a list of samples; default ``torch.utils.data.default_collate``.
-        tokens_per_sample: when set, throughput is reported in tokens/s instead of samples/s.
-    """
-
-    model: nn.Module
-    train_set: Dataset
-    eval_set: Dataset | None = None
-    loss_fn: LossFn | None = None
-    collate_fn: Callable[[list[Any]], Any] | None = None
-    tokens_per_sample: int | None = None
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    build: Callable[[TrainConfig], RecipeParts]
-    defaults: TrainConfig
-    description: str = ""
-
-
-_RECIPES: dict[str, Recipe] = {}
-
-
-def register_recipe(
-    name: str, defaults: TrainConfig, description: str = ""
-) -> Callable[[Callable[[TrainConfig], RecipeParts]], Callable[[TrainConfig], RecipeParts]]:
-    """Register ``build(cfg) -> RecipeParts`` as the training recipe ``name``."""
-
-    def deco(build: Callable[[TrainConfig], RecipeParts]) -> Callable:
-        if name in _RECIPES:
-            raise ValueError(f"recipe {name!r} is already registered")
-        doc = description or (build.__doc__ or "").strip().split("\n")[0]
-        _RECIPES[name] = Recipe(name, build, defaults.replace(recipe=name), doc)
-        return build
-
-    return deco
-
-
-def get_recipe(name: str) -> Recipe:
-    if name not in _RECIPES:
-        valid = ", ".join(sorted(_RECIPES)) or "(none registered)"
-        raise ValueError(f"unknown training recipe {name!r}; valid: {valid}")
-    return _RECIPES[name]
-
-
-def list_recipes() -> list[str]:
-    return sorted(_RECIPES)
 
 
 def seed_everything(seed: int) -> None:

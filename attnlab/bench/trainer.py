@@ -3,7 +3,9 @@
 Workload: the 2-layer causal copy-task model (``toy_copy``: dim 64, 4 heads) on
 ``copy_task(length=16)`` (32 tokens per sample), global batch 32, fp32, AdamW, clipping.
 
-Measured (median of ``--repeats`` alternating runs, after one warm-up of each):
+Measured (min and median of ``--repeats`` alternating runs after a warm-up, with 1 and 2
+torch threads: on a shared 2-core machine a 2-thread run can stall on a busy core, so the
+min is the figure to read):
 
 - **bare loop**: the same model, optimiser, schedule and batches (indices from the same
   per-epoch permutation, tensors sliced directly) with nothing else: forward, backward,
@@ -103,47 +105,63 @@ def ddp_run(steps: int, nproc: int = 2) -> dict:
         return {**json.loads(out.read_text()), "wall_s_with_startup": wall}
 
 
+def _stats(seconds: list[float], samples: int) -> dict:
+    best, med = min(seconds), statistics.median(seconds)
+    return {"seconds": seconds, "min_s": best, "median_s": med, "samples_per_s": samples / best,
+            "tokens_per_s": samples * 2 * LENGTH / best}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="attnlab bench trainer", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=200, help="optimiser steps per timed run")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each variant")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads to try")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     p.add_argument("--no-ddp", action="store_true", help="skip the 2-process run")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.steps < 1 or args.repeats < 1:
-        p.error("--steps and --repeats must be >= 1")
+    if args.steps < 1 or args.repeats < 1 or min(args.threads) < 1:
+        p.error("--steps, --repeats and --threads must be >= 1")
     if args.worker:  # inside torchrun
         secs = trainer_run(args.steps)
         if int(os.environ.get("RANK", "0")) == 0:
             args.out.write_text(json.dumps({"train_s": secs, "threads": torch.get_num_threads()}))
         return 0
     samples = args.steps * BATCH
-    bare_loop(20), trainer_run(20)  # warm-up: allocator, kernels, imports
-    bare, trainer = [], []
-    for _ in range(args.repeats):
-        bare.append(bare_loop(args.steps))
-        trainer.append(trainer_run(args.steps))
-    b, t = statistics.median(bare), statistics.median(trainer)
-    res = {
+    res: dict = {
         "workload": f"toy_copy (dim 64, depth 2, 4 heads), copy length {LENGTH} "
-        f"({2 * LENGTH} tokens), global batch {BATCH}, fp32, {args.steps} steps",
+        f"({2 * LENGTH} tokens), global batch {BATCH}, fp32, AdamW, clip 1.0, {args.steps} steps",
         "command": "attnlab bench trainer " + " ".join(argv or []),
+        "timing": "seconds of training steps per run; min (and median) over alternating repeats; "
+        "rates from the min",
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                    "python": platform.python_version(), "threads": torch.get_num_threads()},
-        "bare_loop": {"seconds": bare, "samples_per_s": samples / b},
-        "trainer_1proc": {"seconds": trainer, "samples_per_s": samples / t},
-        "trainer_overhead_pct": 100 * (t / b - 1),
+                    "python": platform.python_version(),
+                    "load_avg_at_start": os.getloadavg()},
+        "single_process": {},
     }  # fmt: skip
-    res["tokens_per_s_1proc"] = res["trainer_1proc"]["samples_per_s"] * 2 * LENGTH
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        bare_loop(20), trainer_run(20)  # warm-up: allocator, kernels, lazy imports
+        bare, trainer = [], []
+        for _ in range(args.repeats):  # alternate, so that load changes hit both alike
+            bare.append(bare_loop(args.steps))
+            trainer.append(trainer_run(args.steps))
+        b, t = _stats(bare, samples), _stats(trainer, samples)
+        res["single_process"][f"{threads}_threads"] = {
+            "bare_loop": b,
+            "trainer": t,
+            "trainer_overhead_pct_min": 100 * (t["min_s"] / b["min_s"] - 1),
+            "trainer_overhead_pct_median": 100 * (t["median_s"] / b["median_s"] - 1),
+        }
     if not args.no_ddp:
         ddp = [ddp_run(args.steps) for _ in range(args.repeats)]
-        d = statistics.median(r["train_s"] for r in ddp)
-        res["trainer_ddp_2proc"] = {"seconds": [r["train_s"] for r in ddp],
-                                    "samples_per_s": samples / d,
-                                    "wall_s_with_startup": [r["wall_s_with_startup"] for r in ddp],
-                                    "threads_per_proc": ddp[0]["threads"]}  # fmt: skip
-        res["ddp_speedup"] = t / d
+        d = _stats([r["train_s"] for r in ddp], samples)
+        d["wall_s_with_startup"] = [r["wall_s_with_startup"] for r in ddp]
+        d["threads_per_proc"] = ddp[0]["threads"]
+        res["ddp_2proc"] = d
+        for key, single in res["single_process"].items():
+            res[f"ddp_speedup_vs_{key}"] = single["trainer"]["min_s"] / d["min_s"]
+    res["machine"]["load_avg_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
