@@ -129,7 +129,8 @@ class TrainResult:
         records: the metric records logged in this call (also in ``metrics.jsonl``).
         eval: the last evaluation's metrics (``eval_`` prefixed), empty without an eval set.
         out_dir: where the checkpoint, config and metrics were written (rank 0).
-        train_time_s: seconds spent in training steps (evaluation and saving excluded).
+        train_time_s: seconds spent in training steps, logging included (evaluation and
+            checkpointing excluded).
         samples_per_s: global samples per second over ``train_time_s``.
         model: the trained model (set by :func:`train`).
     """
@@ -266,7 +267,6 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 done = step + 1
                 window_steps += 1
-                busy += time.perf_counter() - t_step
                 result.step = done
                 if done % cfg.log_every == 0 or done == total:
                     names = sorted(sums)
@@ -284,7 +284,9 @@ class Trainer:
                         loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}", **{f"{unit}/s": f"{rate:.0f}"}
                     )
                     sums, window_steps, window_t0 = {}, 0, time.perf_counter()
+                bar.update(1)
                 t_side = time.perf_counter()
+                busy += t_side - t_step  # logging included; evaluation and saving are not
                 if self.eval_set is not None and (
                     (cfg.eval_every and done % cfg.eval_every == 0) or done == total
                 ):
@@ -292,7 +294,6 @@ class Trainer:
                     result.records.append(log.write({"step": done, **result.eval}))
                 if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == total:
                     self._save(info, opt, scaler, done, sampler.position(done))
-                bar.update(1)
                 window_t0 += time.perf_counter() - t_side  # throughput counts training time only
                 if self.on_step is not None:
                     self.on_step(done)
