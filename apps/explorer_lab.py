@@ -42,6 +42,7 @@ __all__ = [
     "resolve_backend",
     "available_backends",
     "reference",
+    "Reference",
     "measure",
     "fmt_bytes",
 ]
@@ -53,7 +54,7 @@ HEAD_DIM = 64
 MAX_L = 16384
 # sustained float32 throughput per backend on a 2-core CPU (NOTES.md), for time estimates only
 _RATE = {"math": 40e9, "sdpa": 120e9, "tiled": 60e9, "linear": 20e9}
-_MAX_SECONDS = 20.0
+_MAX_SECONDS = 10.0
 SENTENCE = (
     "the cat sat on the mat because the mat was warm and the cat was tired so the "
     "dog sat by the door"
@@ -368,63 +369,87 @@ def _call(mask: masks.Mask, D: int, need_weights: bool = True) -> AttentionCall:
     )
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The `math` reference of one explorer run."""
+
+    out: Tensor  # (1, H, n_rows, Dv): the math output at the query rows `rows`
+    rows: Tensor  # (n_rows,) query indices covered: all of them unless `sampled`
+    weights: Tensor  # (Lq', Sk') weights of the drawn head, pooled in fq x fk blocks
+    allowed: Tensor  # (Lq', Sk') fraction of each block the mask allows
+    factors: tuple[int, int]  # (fq, fk)
+    sampled: bool  # only the first rows of each query block were computed (long inputs)
+
+
 def reference(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    mask: masks.Mask,
+    mask: masks.Mask | None,
     head: int = 0,
     max_cells: int = 512,
     chunk_bytes: int = 64 * 2**20,
-):
-    """The `math` backend's output, computed by query chunks so memory stays O(chunk * S),
-    and the weights of one head pooled to at most ``max_cells`` per axis.
+    max_flops: float = 2e10,
+) -> Reference:
+    """The `math` backend's output by query chunks (memory O(chunk * S)), and the weights of
+    one head pooled to at most ``max_cells`` per axis (keys summed, queries averaged).
 
-    Returns:
-        (output (1, H, L, Dv), pooled weights (Lq', Sk'), allowed fraction (Lq', Sk'),
-        (fq, fk) pooling factors).
+    When the full reference would cost more than ``max_flops``, only the first rows of each
+    pooled query block are computed (evenly spread over the sequence): the picture keeps its
+    shape and the output difference is measured on those rows.
     """
     _, H, L, D = q.shape
     S = k.shape[2]
     call = _call(mask, D)
     fq, fk = -(-L // max_cells), -(-S // max_cells)
-    rows = max(fq, (chunk_bytes // (H * S * 4 * 3)) // fq * fq)
-    out = torch.empty(1, H, L, v.shape[-1])
     nq, nk = -(-L // fq), -(-S // fk)
-    w_pool = torch.zeros(nq, nk)
-    a_pool = torch.zeros(nq, nk)
+    per_block = min(fq, max(1, int(fq * max_flops / (4.0 * H * L * S * D))))
+    if per_block == fq:  # everything, in chunks of whole pooled blocks
+        step = max(fq, (chunk_bytes // (H * S * 4 * 3)) // fq * fq)
+        segments = [(r0, min(L, r0 + step)) for r0 in range(0, L, step)]
+    else:
+        segments = [(b * fq, min(L, b * fq + per_block)) for b in range(nq)]
     kcount = torch.full((nk,), float(fk))
     kcount[-1] = S - (nk - 1) * fk
-    for r0 in range(0, L, rows):
-        r1 = min(L, r0 + rows)
+    w_sum, a_sum, n_rows = torch.zeros(nq, nk), torch.zeros(nq, nk), torch.zeros(nq)
+    outs, rows = [], []
+    for r0, r1 in segments:
         s = masked_scores(q[:, :, r0:r1], k, call, q_offset=r0, L=L, S=S)
         w, _ = safe_softmax(s)  # (1, H, r, S)
-        out[:, :, r0:r1] = w @ v
-        allowed = torch.isfinite(s[0, head]).float()  # (r, S)
-        for src, dst, reduce_k in ((w[0, head], w_pool, "sum"), (allowed, a_pool, "mean")):
-            x = torch.nn.functional.pad(src, (0, nk * fk - S))  # pad keys to whole blocks
-            x = x.view(r1 - r0, nk, fk).sum(-1)
-            if reduce_k == "mean":
-                x = x / kcount
-            i0 = r0 // fq
-            n = -(-(r1 - r0) // fq)
-            x = torch.nn.functional.pad(x, (0, 0, 0, n * fq - (r1 - r0)))
-            cnt = torch.full((n, 1), float(fq))
-            cnt[-1] = (r1 - r0) - (n - 1) * fq
-            dst[i0 : i0 + n] = x.view(n, fq, nk).sum(1) / cnt
-    return out, w_pool, a_pool, (fq, fk)
+        outs.append(w @ v)
+        idx = torch.arange(r0, r1)
+        rows.append(idx)
+        # keys pooled by reshaping (padded to whole blocks), queries by their block index
+        wk = torch.nn.functional.pad(w[0, head], (0, nk * fk - S)).view(-1, nk, fk).sum(-1)
+        ok = torch.isfinite(s[0, head]).float()
+        ak = torch.nn.functional.pad(ok, (0, nk * fk - S)).view(-1, nk, fk).sum(-1) / kcount
+        w_sum.index_add_(0, idx // fq, wk)
+        a_sum.index_add_(0, idx // fq, ak)
+        n_rows.index_add_(0, idx // fq, torch.ones(r1 - r0))
+    n_rows = n_rows.clamp_min(1)[:, None]
+    return Reference(
+        out=torch.cat(outs, dim=2), rows=torch.cat(rows), weights=w_sum / n_rows,
+        allowed=a_sum / n_rows, factors=(fq, fk), sampled=per_block < fq,
+    )  # fmt: skip
 
 
-def measure(fn, max_seconds: float = 1.0, repeats: int = 5) -> tuple[float, int, int]:
-    """Median wall time of ``fn()`` (one warm-up, then up to ``repeats`` runs within
-    ``max_seconds``) and its peak allocation, measured once with the profiler.
+def measure(fn, max_seconds: float = 1.0, repeats: int = 5, first: float | None = None):
+    """Median wall time of ``fn()`` and its peak allocation, measured once with the profiler.
+
+    Args:
+        fn: the call to measure.
+        max_seconds: time budget of the repeats (a call slower than half of it runs once).
+        repeats: at most this many timed runs.
+        first: seconds of a run the caller already made (it served as the warm-up; if it was
+            slow it is the timing, and the call is not repeated).
 
     Returns:
         (median seconds, runs timed, peak bytes allocated during one call).
     """
-    t0 = time.perf_counter()
-    fn()  # warm-up (first-call dispatch, allocator)
-    first = time.perf_counter() - t0
+    if first is None:
+        t0 = time.perf_counter()
+        fn()  # warm-up (first-call dispatch, allocator)
+        first = time.perf_counter() - t0
     times = [first]
     if first < max_seconds / 2:
         times = []

@@ -54,23 +54,44 @@ def test_handler_draws_for_each_mask(mask):
     assert 'class="attn-hv"' in hv and "max abs diff" in table
 
 
+def _pool(w, fq, fk):
+    """Pool (Lq, S) weights in fq x fk blocks: keys summed, queries averaged."""
+    w = torch.nn.functional.pad(w, (0, -w.shape[1] % fk, 0, -w.shape[0] % fq))
+    return w.view(w.shape[0] // fq, fq, -1, fk).sum(-1).mean(1)
+
+
 @pytest.mark.parametrize("mask", ["causal", "local window", "document", "cross"])
 def test_reference_and_pooled_weights_match_float64(mask):
     prob = lab.make_mask(mask, 40, heads=3, **FORM)
     q, k, v, _, _ = lab.make_inputs("random", prob, seed=3)
     allowed = prob.mask.dense(prob.L, prob.S)
     want_out, want_w, _ = reference_attention(q, k, v, allowed=allowed)
-    # chunks of 8 rows and pooling by 4 x 2 exercise the chunked, pooled path
-    out, w_pool, a_pool, (fq, fk) = lab.reference(
+    # chunks of 8 rows and pooling by 2 x 2 exercise the chunked, pooled path
+    ref = lab.reference(
         q, k, v, prob.mask, head=2, max_cells=20, chunk_bytes=8 * 3 * prob.S * 4 * 3
     )
-    torch.testing.assert_close(out.double(), want_out, atol=1e-5, rtol=1e-5)
+    assert not ref.sampled and ref.rows.tolist() == list(range(40))
+    torch.testing.assert_close(ref.out.double(), want_out, atol=1e-5, rtol=1e-5)
+    fq, fk = ref.factors
     assert (fq, fk) == (2, -(-prob.S // 20))
-    w = torch.nn.functional.pad(want_w[0, 2], (0, -prob.S % fk))
-    pooled = w.view(20, fq, -1, fk).sum(-1).mean(1)
-    torch.testing.assert_close(w_pool.double(), pooled, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(w_pool.sum(-1), torch.ones(20), atol=1e-5, rtol=0)
-    assert float(a_pool.min()) >= 0 and float(a_pool.max()) <= 1
+    torch.testing.assert_close(ref.weights.double(), _pool(want_w[0, 2], fq, fk), atol=1e-6,
+                               rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(ref.weights.sum(-1), torch.ones(20), atol=1e-5, rtol=0)
+    want_allowed = _pool(allowed[0, 0].double(), fq, fk) / fk
+    torch.testing.assert_close(ref.allowed.double(), want_allowed, atol=1e-6, rtol=0)
+
+
+def test_reference_samples_rows_of_long_inputs():
+    prob = lab.make_mask("causal", 60, heads=2)
+    q, k, v, _, _ = lab.make_inputs("random", prob, seed=4)
+    want_out, want_w, _ = reference_attention(q, k, v, allowed=prob.mask.dense(60))
+    full = 4.0 * 2 * 60 * 60 * 64
+    ref = lab.reference(q, k, v, prob.mask, head=1, max_cells=10, max_flops=full / 3)
+    assert ref.sampled and ref.factors == (6, 6)
+    assert ref.rows.tolist() == [r for b in range(0, 60, 6) for r in (b, b + 1)]  # 2 of 6
+    torch.testing.assert_close(ref.out.double(), want_out[:, :, ref.rows], atol=1e-5, rtol=1e-5)
+    sampled = want_w[0, 1].view(10, 6, 60)[:, :2].reshape(20, 60)
+    torch.testing.assert_close(ref.weights.double(), _pool(sampled, 2, 6), atol=1e-6, rtol=1e-5)
 
 
 def test_sentence_example_has_meaningful_heads():
