@@ -273,9 +273,10 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
             continue
         tensor_bias = call.attn_mask is not None or call.score_mod is not None
         allfull = p.full[rows][:, idx].all(0).tolist()
-        full = [] if tensor_bias else _ranges([j for j, f in zip(idx, allfull) if f], block, S)
-        partial = _ranges(idx if tensor_bias else [j for j, f in zip(idx, allfull) if not f],
-                          block, S)
+        fulls = [j for j, f in zip(idx, allfull, strict=True) if f and not tensor_bias]
+        full = _ranges(fulls, block, S)
+        fullset = set(fulls)
+        partial = _ranges([j for j in idx if j not in fullset], block, S)
         # split runs of consecutive rows; bound the mask of each call
         nkeys = sum(b - a for a, b in (partial if split else partial + full))
         max_rows = max(1, (GATHER_BYTES // 4) // (block * nkeys * H)) if partial else nq
@@ -301,8 +302,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
             if len(part) == 1:  # one row: a plain slice call is cheaper than a gather
                 r, js = part[0]
                 allfull = p.full[r, js].tolist()
-                full = _ranges([j for j, f in zip(js, allfull) if f], block, S)
-                partial = _ranges([j for j, f in zip(js, allfull) if not f], block, S)
+                full = _ranges([j for j, f in zip(js, allfull, strict=True) if f], block, S)
+                partial = _ranges([j for j, f in zip(js, allfull, strict=True) if not f], block, S)
                 out, lse = _slice_call(q, k, v, call, L, S, (r * block, (r + 1) * block),
                                        full, partial, split)
                 pieces.append((r * block, out, lse))
