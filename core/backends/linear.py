@@ -27,11 +27,11 @@ same measurement, also for inputs of std 0.5, to its JSON as ``linear_error``):
     performer (m=256)    causal   0.92    0.91
 
 With inputs of std 0.5 (flatter softmax rows) elu + 1 gives 0.24 and performer 0.41 (m=256),
-0.17 (m=2048) at L=256, full mask: both errors fall as the logits flatten, performer's also
-with the number of features. With std-1 inputs softmax rows are peaked while linear attention's
-rows are nearly uniform, so the error is of the order of the output itself: linear attention
-is a different model to be trained as such, not a drop-in for a trained softmax model. Tests check it against the exact
-linear-attention formula in float64, not against softmax.
+0.17 (m=2048) at L=256, full mask: both errors fall as the logits flatten, performer's also with
+the number of features. With std-1 inputs softmax rows are peaked while linear attention's rows
+are nearly uniform, so the error is of the order of the output itself: linear attention is a
+different model to be trained as such, not a drop-in for a trained softmax model. Tests check it
+against the exact linear-attention formula in float64, not against softmax.
 """
 
 from __future__ import annotations
