@@ -142,11 +142,7 @@ def explore(
         hint = "head view: hover a token to see what it attends to"
         hv = head_view_html(w_all[0], ql, kl, top_k=6, height=420, title=hint)
 
-    allowed_frac = (
-        float(a_pool.mean())
-        if fq * fk == 1
-        else prob.mask.allowed_pairs(prob.L, prob.S) / (prob.L * prob.S)
-    )
+    allowed_frac = lab.allowed_count(prob.call_mask, prob.L, prob.S) / (prob.L * prob.S)
     flops = 4.0 * prob.heads * allowed_frac * prob.L * prob.S * lab.HEAD_DIM
     rows = [
         ("backend", f"{backend} → **{name}**" if backend == "auto" else f"**{name}**"),
@@ -294,7 +290,7 @@ def remeasure(mask_kind: str, lengths, heads: int = 8) -> list[dict]:
     for L in Ls:
         g = torch.Generator().manual_seed(L)
         q, k, v = (torch.randn(1, heads, L, lab.HEAD_DIM, generator=g) for _ in range(3))
-        pairs = mask.allowed_pairs(L, L) if mask is not None else float(L * L)
+        pairs = float(lab.allowed_count(mask, L, L))
         for name in lab.available_backends():
             try:
                 secs, _, peak = lab.measure(
