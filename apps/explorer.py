@@ -135,7 +135,8 @@ def explore(
     if draw:
         size = (5.0, 4.4)
         title = f"allowed: {prob.mask.describe()}"
-        allowed = heatmap(a_pool, qlab, klab, title=title, vmin=0.0, vmax=1.0, size=size).image
+        allowed = heatmap(a_pool, qlab, klab, title=title, vmin=0.0, vmax=1.0, size=size,
+                          cbar_label="allowed (fraction of the cell)").image
         used = heatmap(w_pool, qlab, klab, title=f"used: weights of head {head}", size=size).image
     if draw and prob.heads * prob.L * prob.S <= _HEAD_VIEW_MAX:
         w_all = attention(q, k, v, mask=prob.mask, backend="math", return_weights=True).weights

@@ -117,17 +117,24 @@ class Mask:
         return kinds.to(torch.int8)
 
     def allowed_pairs(self, L: int, S: int | None = None, *, block: int = 256) -> float:
-        """Mean number of (query, key) pairs allowed per batch item and head (for FLOP counts)."""
+        """Mean number of (query, key) pairs allowed per batch item and head (for FLOP counts).
+
+        FULL blocks count by their area; only rows of blocks holding a PARTIAL block are
+        evaluated, one row of blocks at a time.
+        """
         S = L if S is None else S
-        kinds = self.block_kinds(L, S, block, block)
-        total = 0.0
+        kinds = self.block_kinds(L, S, block, block)  # (B', H', nQ, nK)
         nb, nh = kinds.shape[:2]
-        for i, j in (kinds != EMPTY).any(0).any(0).nonzero().tolist():
-            rows = (i * block, min(L, (i + 1) * block))
-            cols = (j * block, min(S, (j + 1) * block))
-            d = self.dense(L, S, batch=self.batch_size, heads=self.num_heads, q_range=rows,
-                           kv_range=cols)
-            total += float(d.sum()) / (d.shape[0] * d.shape[1])
+        qs = torch.arange(0, L, block)
+        ks = torch.arange(0, S, block)
+        rows = (torch.clamp(qs + block, max=L) - qs).view(1, 1, -1, 1)
+        cols = (torch.clamp(ks + block, max=S) - ks).view(1, 1, 1, -1)
+        total = float(((kinds == FULL) * rows * cols).sum()) / (nb * nh)
+        for i in (kinds == PARTIAL).any(-1).any(0).any(0).nonzero().flatten().tolist():
+            r0, r1 = i * block, min(L, (i + 1) * block)
+            d = self.dense(L, S, batch=self.batch_size, heads=self.num_heads, q_range=(r0, r1))
+            part = (kinds[:, :, i] == PARTIAL).repeat_interleave(block, dim=-1)[..., :S]
+            total += float((d & part[:, :, None, :]).sum()) / (nb * nh)
         return total
 
     def __and__(self, other: Mask) -> Mask:

@@ -16,8 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from attnlab.core.layout import NoteLayout  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, Rectangle  # noqa: E402
+
+from attnlab.core.layout import NoteLayout  # noqa: E402
 
 from .colors import normalize  # noqa: E402
 from .export import View, figure_svg  # noqa: E402

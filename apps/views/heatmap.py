@@ -54,6 +54,7 @@ def heatmap(
     max_cells: int = 512,
     size: tuple[float, float] = (6.4, 5.6),
     dpi: int = 100,
+    cbar_label: str = "attention weight",
 ) -> View:
     """Heatmap of one head's attention weights, queries down and keys across.
 
@@ -66,6 +67,7 @@ def heatmap(
         max_cells: longer axes are block-pooled to this many cells (keys summed, queries
             averaged, so pooled rows still sum to 1).
         size, dpi: figure size in inches and resolution.
+        cbar_label: the colour bar's label (e.g. "allowed" for a mask pattern).
 
     Returns:
         A `View` (kind "heatmap") with data ``weights`` (what was drawn) and the labels.
@@ -93,7 +95,7 @@ def heatmap(
         if title:
             ax.set_title(title)
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-        cb.set_label("attention weight")
+        cb.set_label(cbar_label)
         fig.tight_layout()
         return fig
 

@@ -17,8 +17,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from attnlab.core.layout import PatchLayout, SpectrogramLayout  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+
+from attnlab.core.layout import PatchLayout, SpectrogramLayout  # noqa: E402
 
 from .colors import colorbar_image, colorize, font, normalize  # noqa: E402
 from .export import View, figure_svg, raster_svg  # noqa: E402

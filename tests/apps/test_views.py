@@ -13,9 +13,10 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from attnlab.apps import views
 from attnlab.core.layout import NoteLayout, PatchLayout, SpectrogramLayout
-from PIL import Image
 
 TOKENS = "the cat sat on the mat because it was warm".split()
 
