@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .heatmap import shared_cmap  # noqa: E402
@@ -83,11 +84,11 @@ def plot_timing(res: Mapping[str, Any], path: str | Path | None = None) -> Image
         for name in ("lstm", "attention"):
             st = STYLE[name]
             ax.plot(L, t[name][key], color=st["color"], marker=st["marker"], label=st["label"])
-        # guides through the attention curve's last point: slope 1 and slope 2
-        y_end = float(t["attention"][key][-1])
-        for power, ls in ((1, ":"), (2, "-.")):
-            ax.plot(L, y_end * (L / L[-1]) ** power, color="0.5", ls=ls, lw=1,
-                    label=f"O(L{'²' if power == 2 else ''}) guide")  # fmt: skip
+        # guides: slope 1 through the LSTM's last point, slope 2 through attention's
+        for name, power, ls in (("lstm", 1, ":"), ("attention", 2, "-.")):
+            y_end = float(t[name][key][-1])
+            ax.plot(L, y_end * (L / L[-1]) ** power, color=STYLE[name]["color"], ls=ls, lw=1,
+                    alpha=0.6, label=f"O(L{'²' if power == 2 else ''}) guide")  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(L, [str(int(x)) for x in L])
@@ -118,6 +119,8 @@ def plot_attention_example(res: Mapping[str, Any], path: str | Path | None = Non
     ax0.plot(t - d, t, ls="none", marker="o", ms=5, mfc="none", mec=OKABE_ITO[3], mew=1,
              label=f"source key s = t - {d}")  # fmt: skip
     ax0.axhline(d - 0.5, color="w", lw=0.8, ls="--")
+    ax0.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax0.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax0.set_xlabel("key position s")
     ax0.set_ylabel("query position t")
     ax0.set_title(f"d = {d}: head {ex.get('head', 0)} weights on one example", fontsize=10)
@@ -139,8 +142,9 @@ def plot_attention_example(res: Mapping[str, Any], path: str | Path | None = Non
     return _finish(fig, path)
 
 
-def plot_all(res: Mapping[str, Any], out_dir: str | Path,
-             stem: str = "recurrence") -> dict[str, Path]:
+def plot_all(
+    res: Mapping[str, Any], out_dir: str | Path, stem: str = "recurrence"
+) -> dict[str, Path]:
     """Write the three figures as ``<stem>_{accuracy,timing,attention}.png`` in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

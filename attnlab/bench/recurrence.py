@@ -58,10 +58,10 @@ class BenchConfig:
     distances: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
     vocab: int = 16
     scored: int = 32  # supervised positions per sequence; length = d + scored
-    steps: int = 200
+    steps: int = 300
     batch_size: int = 16
     warmup_steps: int = 20
-    lr_attention: float = 3e-3
+    lr_attention: float = 1e-2
     lr_lstm: float = 1e-2
     dim: int = 64
     depth: int = 1
@@ -77,7 +77,7 @@ class BenchConfig:
 
 
 QUICK = BenchConfig(
-    distances=(4, 8), scored=16, steps=60, batch_size=16, warmup_steps=5, dim=32,
+    distances=(4, 8), scored=16, steps=80, batch_size=16, warmup_steps=5, lr_attention=2e-2, dim=32,
     num_heads=2, num_eval=32, timing_lengths=(32, 64), timing_batch=2, repeats=1, map_distance=4,
 )  # fmt: skip
 
@@ -90,8 +90,16 @@ class AttentionRecall(nn.Module):
     applies at every length.
     """
 
-    def __init__(self, vocab: int, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0,
-                 rope_base: float = 10000.0, max_len: int = 4096) -> None:
+    def __init__(
+        self,
+        vocab: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        rope_base: float = 10000.0,
+        max_len: int = 4096,
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         head_dim = dim // num_heads
@@ -148,8 +156,9 @@ def lstm_hidden_for(target: int, vocab: int, dim: int) -> int:
 
 def build_models(cfg: BenchConfig, max_len: int = 4096) -> dict[str, nn.Module]:
     """Freshly initialised ``{"lstm": ..., "attention": ...}`` of matched size."""
-    attn = AttentionRecall(cfg.vocab, cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio,
-                           cfg.rope_base, max_len)
+    attn = AttentionRecall(
+        cfg.vocab, cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.rope_base, max_len
+    )
     hidden = lstm_hidden_for(count_params(attn), cfg.vocab, cfg.dim)
     return {"lstm": LSTMRecall(cfg.vocab, cfg.dim, hidden), "attention": attn}
 
@@ -168,22 +177,41 @@ def recall_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dic
 def train_model(model: nn.Module, d: int, cfg: BenchConfig, lr: float, out_dir: Path) -> dict:
     """Train ``model`` on recall-at-``d`` with the shared trainer; eval accuracy and timings."""
     length = d + cfg.scored
-    train_set = recall_task(cfg.steps * cfg.batch_size, length=length, distance=d,
-                            vocab=cfg.vocab, seed=cfg.seed * 10_000 + 2 * d)
-    eval_set = recall_task(cfg.num_eval, length=length, distance=d, vocab=cfg.vocab,
-                           seed=cfg.seed * 10_000 + 2 * d + 1)
-    tc = TrainConfig(lr=lr, warmup_steps=cfg.warmup_steps, steps=cfg.steps,
-                     batch_size=cfg.batch_size, log_every=max(1, cfg.steps // 10),
-                     out_dir=str(out_dir), quiet=True, device="cpu", seed=cfg.seed)
-    trainer = Trainer(tc, model, train_set, eval_set, loss_fn=recall_loss,
-                      tokens_per_sample=length)
+    train_set = recall_task(
+        cfg.steps * cfg.batch_size,
+        length=length,
+        distance=d,
+        vocab=cfg.vocab,
+        seed=cfg.seed * 10_000 + 2 * d,
+    )
+    eval_set = recall_task(
+        cfg.num_eval, length=length, distance=d, vocab=cfg.vocab, seed=cfg.seed * 10_000 + 2 * d + 1
+    )
+    tc = TrainConfig(
+        lr=lr,
+        warmup_steps=cfg.warmup_steps,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        log_every=max(1, cfg.steps // 10),
+        out_dir=str(out_dir),
+        quiet=True,
+        device="cpu",
+        seed=cfg.seed,
+    )
+    trainer = Trainer(tc, model, train_set, eval_set, loss_fn=recall_loss, tokens_per_sample=length)
     res = trainer.fit()
     model.eval()
     last = [r for r in res.records if "loss" in r][-1]
-    return {"d": d, "length": length, "accuracy": res.eval["eval_acc"],
-            "eval_loss": res.eval["eval_loss"], "final_train_loss": last["loss"],
-            "train_time_s": res.train_time_s, "step_ms": 1e3 * res.train_time_s / cfg.steps,
-            "eval_tokens": eval_set.tokens[:8]}
+    return {
+        "d": d,
+        "length": length,
+        "accuracy": res.eval["eval_acc"],
+        "eval_loss": res.eval["eval_loss"],
+        "final_train_loss": last["loss"],
+        "train_time_s": res.train_time_s,
+        "step_ms": 1e3 * res.train_time_s / cfg.steps,
+        "eval_tokens": eval_set.tokens[:8],
+    }
 
 
 def attention_offsets(model: AttentionRecall, tokens: Tensor, d: int) -> dict:
@@ -203,9 +231,14 @@ def attention_offsets(model: AttentionRecall, tokens: Tensor, d: int) -> dict:
     # mean weight per offset o = t - s over the scored queries t >= d: (L,) for o = 0..L-1
     wb = w[:, best].mean(0)  # (L, S)
     profile = [wb[ts, ts - o].mean() for o in range(L) for ts in [torch.arange(max(d, o), L)]]
-    return {"head": best, "source_weight": float(on_src[:, best].mean()),
-            "argmax_hit_rate": float(hits), "offset_profile": [round(float(p), 5) for p in profile],
-            "map": w[0, best], "tokens": tokens[0]}
+    return {
+        "head": best,
+        "source_weight": float(on_src[:, best].mean()),
+        "argmax_hit_rate": float(hits),
+        "offset_profile": [round(float(p), 5) for p in profile],
+        "map": w[0, best],
+        "tokens": tokens[0],
+    }
 
 
 def saliency_hit_rate(model: nn.Module, tokens: Tensor, d: int, queries: int = 8) -> float:
@@ -302,16 +335,23 @@ def run(cfg: BenchConfig = BenchConfig(), log=print) -> dict[str, Any]:
                 r = train_model(model, d, cfg, lrs[name], Path(tmp) / f"{name}-{d}")
                 tokens = r.pop("eval_tokens")
                 r["saliency_hit_rate"] = saliency_hit_rate(model, tokens, d)
+                r["load1"] = round(os.getloadavg()[0], 2)  # others share the cores: say so
                 if name == "attention":
                     a = attention_offsets(model, tokens, d)
                     m, toks = a.pop("map"), a.pop("tokens")
                     r.update(a)
                     if d == cfg.map_distance:
-                        example = {"d": d, "head": a["head"], "tokens": toks.tolist(),
-                                   "weights": [[round(float(v), 4) for v in row] for row in m]}
+                        example = {
+                            "d": d,
+                            "head": a["head"],
+                            "tokens": toks.tolist(),
+                            "weights": [[round(float(v), 4) for v in row] for row in m],
+                        }
                 per_d[name].append(r)
-                log(f"d={d:4d} {name:9s} acc={r['accuracy']:.3f} "
-                    f"step={r['step_ms']:.0f} ms  ({time.perf_counter() - t_start:.0f} s)")
+                log(
+                    f"d={d:4d} {name:9s} acc={r['accuracy']:.3f} "
+                    f"step={r['step_ms']:.0f} ms  ({time.perf_counter() - t_start:.0f} s)"
+                )
     timing = time_models(build_models(cfg, max_len=max(cfg.timing_lengths)), cfg)
     log(f"timing done ({time.perf_counter() - t_start:.0f} s)")
     res: dict[str, Any] = {
@@ -319,8 +359,10 @@ def run(cfg: BenchConfig = BenchConfig(), log=print) -> dict[str, Any]:
         "params": params,
         "lstm_hidden": sizes["lstm"].rnn.hidden_size,
         "chance": 1.0 / cfg.vocab,
-        "accuracy": {"d": list(cfg.distances),
-                     **{k: [r["accuracy"] for r in v] for k, v in per_d.items()}},
+        "accuracy": {
+            "d": list(cfg.distances),
+            **{k: [r["accuracy"] for r in v] for k, v in per_d.items()},
+        },
         "runs": per_d,
         "timing": timing,
         "flops_per_token": {
@@ -409,11 +451,16 @@ def format_table(table: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``attnlab bench recurrence [--quick] [--out PATH] [--no-plots]``."""
-    p = argparse.ArgumentParser(prog="attnlab bench recurrence",
-                                description=(__doc__ or "").split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="attnlab bench recurrence", description=(__doc__ or "").split("\n")[0]
+    )
     p.add_argument("--quick", action="store_true", help="tiny configuration (seconds, for tests)")
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"result JSON (default {RESULTS} or runs/bench/recurrence_quick.json)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"result JSON (default {RESULTS} or runs/bench/recurrence_quick.json)",
+    )
     p.add_argument("--steps", type=int, default=None, help="training steps per model and d")
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
     args = p.parse_args(argv)
