@@ -97,8 +97,10 @@ def plot_timing(res: Mapping[str, Any], path: str | Path | None = None) -> Image
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
+    m = res.get("machine", {})
+    where = f"\nmeasured on {m['cpu_count']} CPU cores, {m['threads']} threads" if m else ""
     fig.suptitle("LSTM: L sequential steps of O(dim²) work.  Attention: one parallel layer of "
-                 "O(L²·dim) work.", fontsize=10)  # fmt: skip
+                 f"O(L²·dim) work.{where}", fontsize=10)  # fmt: skip
     return _finish(fig, path)
 
 

@@ -413,6 +413,9 @@ def build_table(res: dict[str, Any]) -> list[dict[str, Any]]:
             _ms(t["lstm"]["train_step_ms"]), _ms(t["attention"]["train_step_ms"])),
         row("parallelism", f"inference at L={Lmax}, ms",
             _ms(t["lstm"]["inference_ms"]), _ms(t["attention"]["inference_ms"])),
+        row("parallelism", f"training time per dependent step at L={Lmax}, ms",
+            round(t["lstm"]["train_step_ms"][-1] / Lmax, 4),
+            round(t["attention"]["train_step_ms"][-1] / res["config"]["depth"], 1)),
         row("long-range dependencies", f"longest d with accuracy >= {thr}",
             longest("lstm"), longest("attention")),
         row("long-range dependencies", f"accuracy at d={acc['d'][-1]} (chance {res['chance']:.4f})",
@@ -463,16 +466,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--steps", type=int, default=None, help="training steps per model and d")
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
+    p.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: rebuild the table and figures of a result JSON",
+    )
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else BenchConfig()
     if args.steps is not None:
         if args.steps < 1:
             p.error(f"--steps must be >= 1, got {args.steps}")
         cfg = dataclasses.replace(cfg, steps=args.steps)
-    out = args.out or (Path("runs/bench/recurrence_quick.json") if args.quick else RESULTS)
-    res = run(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
-    argv_list = sys.argv[1:] if argv is None else list(argv)
-    res["command"] = shlex.join(["attnlab", "bench", "recurrence", *argv_list])
+    if args.replot is not None:
+        if not args.replot.is_file():
+            p.error(f"--replot: no such file {args.replot}")
+        out = args.out or args.replot
+        res = json.loads(args.replot.read_text())
+        res["table"] = build_table(res)  # a pure function of the stored measurements
+    else:
+        out = args.out or (Path("runs/bench/recurrence_quick.json") if args.quick else RESULTS)
+        res = run(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+        argv_list = sys.argv[1:] if argv is None else list(argv)
+        res["command"] = shlex.join(["attnlab", "bench", "recurrence", *argv_list])
     figures: dict[str, str] = {}
     if not args.no_plots:
         from attnlab.apps.views.recurrence_plots import plot_all
