@@ -79,6 +79,16 @@ def test_shipped_results_schema() -> None:
         assert (rec.RESULTS.parent / name).stat().st_size < 200_000
 
 
+def test_replot_rebuilds_table_and_figures_without_measuring(quick, tmp_path) -> None:
+    res, out = quick
+    again = tmp_path / "again.json"
+    assert rec.main(["--replot", str(out), "--out", str(again)]) == 0
+    res2 = json.loads(again.read_text())
+    assert res2["table"] == res["table"] and res2["timing"] == res["timing"]
+    assert res2["command"] == res["command"]  # still the command that measured
+    assert all((tmp_path / name).is_file() for name in res2["figures"].values())
+
+
 def test_lstm_width_matches_parameter_formula() -> None:
     for vocab, dim, target in [(16, 64, 52_176), (16, 32, 9_000), (7, 24, 5_000)]:
         h = rec.lstm_hidden_for(target, vocab, dim)
@@ -112,6 +122,8 @@ def test_bad_input() -> None:
         rec.run(dataclasses.replace(rec.QUICK, distances=(0, 4)))
     with pytest.raises(SystemExit):
         rec.main(["--quick", "--steps", "0"])
+    with pytest.raises(SystemExit):
+        rec.main(["--replot", "/nonexistent/recurrence.json"])
     with pytest.raises(ValueError, match="lacks"):
         rp.plot_accuracy({"accuracy": {}})
     with pytest.raises(TypeError, match="res"):
