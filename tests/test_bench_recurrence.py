@@ -44,7 +44,9 @@ def check_schema(res: dict) -> None:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[dict, object]:
     out = tmp_path_factory.mktemp("rec") / "r.json"
+    threads = torch.get_num_threads()
     assert rec.main(["--quick", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # training ran on 1 thread, then restored
     return json.loads(out.read_text()), out
 
 
@@ -118,6 +120,8 @@ def test_loss_scores_exactly_the_source_token() -> None:
 def test_bad_input() -> None:
     with pytest.raises(ValueError, match="map_distance"):
         rec.run(dataclasses.replace(rec.QUICK, map_distance=3))
+    with pytest.raises(ValueError, match="train_threads"):
+        rec.run(dataclasses.replace(rec.QUICK, train_threads=0))
     with pytest.raises(ValueError, match="distances"):
         rec.run(dataclasses.replace(rec.QUICK, distances=(0, 4)))
     with pytest.raises(SystemExit):

@@ -80,6 +80,9 @@ class BenchConfig:
     repeats: int = 3
     map_distance: int = 16  # the example whose attention map is stored and drawn
     seed: int = 0
+    # tiny models gain nothing from intra-op threads, and 2 threads on 2 shared cores ran the
+    # quick config 15x slower under load (37 s vs 2.5 s); timing uses all threads
+    train_threads: int = 1
 
 
 QUICK = BenchConfig(
@@ -188,15 +191,8 @@ def flops_per_token(name: str, model: nn.Module, L: int) -> float:
 
 
 # -- the experiment ----------------------------------------------------------------------------
-def run(cfg: BenchConfig = BenchConfig(), log=print) -> dict[str, Any]:
-    """Train both models at every d, time them against L, read the attention; return numbers."""
-    if not cfg.distances or min(cfg.distances) < 1:
-        raise ValueError(f"distances must be positive ints, got {cfg.distances}")
-    if cfg.map_distance not in cfg.distances:
-        raise ValueError(f"map_distance {cfg.map_distance} must be one of distances")
-    t_start, load_before = time.perf_counter(), os.getloadavg()
-    sizes = build_models(cfg)
-    params = {k: count_params(m) for k, m in sizes.items()}
+def _train_all(cfg: BenchConfig, log) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+    """Both models at every d: one result dict per run, and the stored attention example."""
     lrs = {"lstm": cfg.lr_lstm, "attention": cfg.lr_attention}
     per_d: dict[str, list[dict]] = {"lstm": [], "attention": []}
     example: dict[str, Any] = {}
@@ -221,10 +217,29 @@ def run(cfg: BenchConfig = BenchConfig(), log=print) -> dict[str, Any]:
                             "weights": [[round(float(v), 4) for v in row] for row in m],
                         }
                 per_d[name].append(r)
-                log(
-                    f"d={d:4d} {name:9s} acc={r['accuracy']:.3f} "
-                    f"step={r['step_ms']:.0f} ms  ({time.perf_counter() - t_start:.0f} s)"
-                )
+                log(f"d={d:4d} {name:9s} acc={r['accuracy']:.3f} step={r['step_ms']:.0f} ms")
+    return per_d, example
+
+
+def run(cfg: BenchConfig = BenchConfig(), log=print) -> dict[str, Any]:
+    """Train both models at every d, time them against L, read the attention; return numbers."""
+    if not cfg.distances or min(cfg.distances) < 1:
+        raise ValueError(f"distances must be positive ints, got {cfg.distances}")
+    if cfg.map_distance not in cfg.distances:
+        raise ValueError(f"map_distance {cfg.map_distance} must be one of distances")
+    if cfg.train_threads < 1:
+        raise ValueError(f"train_threads must be >= 1, got {cfg.train_threads}")
+    t_start, load_before = time.perf_counter(), os.getloadavg()
+    sizes = build_models(cfg)
+    params = {k: count_params(m) for k, m in sizes.items()}
+    all_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.train_threads)
+    try:
+        per_d, example = _train_all(
+            cfg, lambda m: log(f"{m}  ({time.perf_counter() - t_start:.0f} s)")
+        )
+    finally:
+        torch.set_num_threads(all_threads)
     timing = time_models(build_models(cfg, max_len=max(cfg.timing_lengths)), cfg)
     log(f"timing done ({time.perf_counter() - t_start:.0f} s)")
     res: dict[str, Any] = {
@@ -247,6 +262,7 @@ def run(cfg: BenchConfig = BenchConfig(), log=print) -> dict[str, Any]:
     res["machine"] = {
         "platform": platform.platform(), "python": platform.python_version(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "train_threads": cfg.train_threads,
         "cpu_count": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
     }  # fmt: skip
