@@ -93,7 +93,7 @@ def plot_timing(res: Mapping[str, Any], path: str | Path | None = None) -> Image
         ax.set_yscale("log")
         ax.set_xticks(L, [str(int(x)) for x in L])
         ax.set_xlabel("sequence length L")
-        ax.set_ylabel(f"ms (batch {t.get('batch', '?')}, median)")
+        ax.set_ylabel(f"ms (batch {t.get('batch', '?')}, best of {t.get('repeats', '?')})")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
