@@ -153,14 +153,30 @@ def test_config_overrides_and_errors():
     assert "lr=0.01" in str(cfg)
 
 
+def test_epochs_set_the_step_count_and_fp16_needs_cuda(tmp_path):
+    _, result = _run(_cfg(tmp_path, steps=0, epochs=1.5, log_every=100))  # 256 // 32 = 8 a pass
+    assert result.step == 12 and [r["step"] for r in result.records if "loss" in r] == [12]
+    with pytest.raises(ValueError, match="fp16"):
+        _run(_cfg(tmp_path, precision="fp16"))
+
+
 def test_batch_must_split_over_accumulation(tmp_path):
     with pytest.raises(ValueError, match="grad_accum"):
         _run(_cfg(tmp_path, batch_size=30, grad_accum=4))
 
 
+@pytest.fixture
+def one_thread():
+    """Like the torchrun workers (and immune to 2-thread stalls on a busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
     "torchrun").exists(), reason="torchrun not installed")  # fmt: skip
-def test_two_process_ddp_matches_one_process(tmp_path):
+def test_two_process_ddp_matches_one_process(tmp_path, one_thread):
     """torchrun --nproc_per_node 2 (gloo) gives the loss curve of one process with the same
     global batch, and so does one process accumulating two micro-batches."""
     pytest.importorskip("attnlab.core.toy")
