@@ -202,3 +202,25 @@ def test_two_process_ddp_matches_one_process(tmp_path, one_thread):
     assert len(one) == 6 and one[-1] < one[0]
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "ddp")), one, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "accum")), one, rtol=1e-4, atol=1e-5)
+
+
+def test_toy_tasks_and_causal_model():
+    toy = pytest.importorskip("attnlab.core.toy")
+    task = toy.copy_task(5, length=4, vocab=10, seed=1)
+    seq = torch.cat([task.tokens, task.targets[:, -1:]], dim=1)  # (N, 2n+1) rebuilt
+    torch.testing.assert_close(seq[:, :4], seq[:, 5:], rtol=0, atol=0)
+    assert (seq[:, 4] == 10).all() and (task.targets[:, :4] == toy.IGNORE).all()
+    torch.testing.assert_close(task.targets[:, 4:], task.tokens[:, :4], rtol=0, atol=0)
+    assert torch.equal(toy.copy_task(5, length=4, vocab=10, seed=1).tokens, task.tokens)
+    rec = toy.recall_task(3, length=9, distance=3, seed=2)
+    torch.testing.assert_close(rec.targets[:, 3:], rec.tokens[:, :-3], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="distance"):
+        toy.recall_task(3, length=9, distance=0)
+    # The causal model: logits at t ignore tokens after t.
+    torch.manual_seed(0)
+    model = toy.toy_test(vocab_size=11, max_len=8).eval()
+    a = torch.randint(0, 11, (2, 8))
+    b = a.clone()
+    b[:, 5:] = torch.randint(0, 11, (2, 3))
+    torch.testing.assert_close(model(a)[:, :5], model(b)[:, :5], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(model(a)[:, 5:], model(b)[:, 5:])
