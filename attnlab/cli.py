@@ -79,7 +79,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"domain": args.domain}
     if args.port is not None:
         kwargs["port"] = args.port
-    suite.launch(**kwargs)
+    try:
+        suite.launch(**kwargs)
+    except ValueError as err:  # an unknown or unavailable demo, refused before serving
+        raise CLIError(str(err)) from None
     return 0
 
 

@@ -3,7 +3,6 @@ input (one line on stderr, exit 2, nothing overwritten)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -177,8 +176,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, one_thread):
     assert losses(killed) == losses(full)
 
 
-def test_demo_without_app_exits_2(capsys):
-    if importlib.util.find_spec("attnlab.apps.suite") is not None:
-        pytest.skip("the demo app exists; launching it is tested in tests/apps")
-    assert main(["demo"]) == 2
-    assert "demo app is not available" in _err_line(capsys)
+def test_demo_unknown_domain_exits_2_before_serving(capsys):
+    assert main(["demo", "nosuch"]) == 2
+    line = _err_line(capsys)
+    assert "domain must be one of" in line and "explorer" in line
