@@ -152,31 +152,41 @@ def _best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def time_models(models: dict[str, nn.Module], cfg: BenchConfig) -> dict:
-    """Training-step (forward + backward) and inference time against L, in milliseconds."""
+def time_models(models: dict[str, nn.Module], cfg: BenchConfig, passes: int = 2) -> dict:
+    """Training-step (forward + backward) and inference time against L, in milliseconds.
+
+    Each point is the best of ``repeats`` calls, and of ``passes`` sweeps over all lengths and
+    both models, so that a burst of other jobs on the shared cores spoils at most one sweep.
+    """
     out: dict[str, Any] = {"L": list(cfg.timing_lengths), "batch": cfg.timing_batch,
-                           "repeats": cfg.repeats, "statistic": "min"}  # fmt: skip
-    for name, model in models.items():
-        rows = {"train_step_ms": [], "inference_ms": []}
+                           "repeats": cfg.repeats, "passes": passes, "statistic": "min",
+                           "load_before": round(os.getloadavg()[0], 2)}  # fmt: skip
+    best: dict[tuple[str, str, int], float] = {}
+    for _ in range(passes):
         for L in cfg.timing_lengths:
             g = torch.Generator().manual_seed(L)
             x = torch.randint(0, cfg.vocab, (cfg.timing_batch, L), generator=g)
-            y = x.roll(1, dims=1)
-            batch = {"tokens": x, "targets": y}
+            batch = {"tokens": x, "targets": x.roll(1, dims=1)}
+            for name, model in models.items():
 
-            def step(model=model, batch=batch) -> None:
-                model.zero_grad(set_to_none=True)
-                recall_loss(model, batch)[0].backward()
+                def step(model=model, batch=batch) -> None:
+                    model.zero_grad(set_to_none=True)
+                    recall_loss(model, batch)[0].backward()
 
-            def infer(model=model, x=x) -> None:
-                with torch.no_grad():
-                    model(x)
+                def infer(model=model, x=x) -> None:
+                    with torch.no_grad():
+                        model(x)
 
-            model.train()
-            rows["train_step_ms"].append(1e3 * _best_time(step, cfg.repeats))
-            model.eval()
-            rows["inference_ms"].append(1e3 * _best_time(infer, cfg.repeats))
-        out[name] = rows
+                model.train()
+                t_step = 1e3 * _best_time(step, cfg.repeats)
+                model.eval()
+                t_inf = 1e3 * _best_time(infer, cfg.repeats)
+                for key, t in (("train_step_ms", t_step), ("inference_ms", t_inf)):
+                    best[name, key, L] = min(t, best.get((name, key, L), math.inf))
+    for name in models:
+        out[name] = {key: [best[name, key, L] for L in cfg.timing_lengths]
+                     for key in ("train_step_ms", "inference_ms")}  # fmt: skip
+    out["load_after"] = round(os.getloadavg()[0], 2)
     return out
 
 
