@@ -220,11 +220,11 @@ def param_visibility(mask_kind: str) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 # complexity tab
 # --------------------------------------------------------------------------------------------
-def results_path() -> Path:
-    """``attnlab/bench/results/core.json`` inside the installed package (not imported)."""
+def results_path(name: str = "core.json") -> Path:
+    """``attnlab/bench/results/<name>`` inside the installed package (not imported)."""
     spec = importlib.util.find_spec("attnlab")
     root = Path(next(iter(spec.submodule_search_locations))) if spec else Path("attnlab")
-    return root / "bench" / "results" / "core.json"
+    return root / "bench" / "results" / name
 
 
 def load_bench_results(path: str | Path | None = None) -> list[dict]:
@@ -336,6 +336,35 @@ def _mask_filters() -> list[str]:
 # --------------------------------------------------------------------------------------------
 # layout
 # --------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------
+# attention vs recurrence tab (shipped results of `attnlab bench recurrence`)
+# --------------------------------------------------------------------------------------------
+def recurrence_view(path: str | Path | None = None) -> tuple[str | None, str | None,
+                                                           str | None, str]:
+    """The shipped figures (accuracy, timing, attention map) and the comparison table."""
+    p = Path(path) if path is not None else results_path("recurrence.json")
+    if not p.is_file():
+        return None, None, None, ("No shipped results: run `attnlab bench recurrence` "
+                                  "(about 2 minutes on 2 CPU cores).")
+    res = json.loads(p.read_text(encoding="utf-8"))
+    figs = [p.parent / f for f in (res.get("figures") or {}).values()]
+    figs = [str(f) if f.is_file() else None for f in figs] + [None] * 3
+    acc = res.get("accuracy", {})
+    lines = [f"Re-run: `{res.get('command', 'attnlab bench recurrence')}` "
+             f"({res.get('elapsed_s', 0):.0f} s here). Chance level: {res.get('chance', 0):.3f}.",
+             "", "| property | measure | LSTM | attention |", "|---|---|---|---|"]
+    for row in res.get("table", []):
+        cells = ("—" if row[m] is None else row[m] for m in ("lstm", "attention"))
+        lines.append(f"| {row['property']} | {row['metric']} | " + " | ".join(map(str, cells))
+                     + " |")
+    if {"d", "lstm", "attention"} <= acc.keys():
+        lines += ["", "| held-out accuracy | " + " | ".join(f"d={d}" for d in acc["d"]) + " |",
+                  "|---" * (len(acc["d"]) + 1) + "|"]
+        for model in ("lstm", "attention"):
+            lines.append(f"| {model} | " + " | ".join(f"{a:.2f}" for a in acc[model]) + " |")
+    return figs[0], figs[1], figs[2], "\n".join(lines)
+
+
 INTRO = """### Core Explorer
 Choose a mask and a backend: the left picture is what the mask **allows**, the right one what
 a head actually **uses** on the input. Every backend is checked against the `math` reference,
@@ -444,7 +473,20 @@ def build() -> gr.Blocks:
                 concurrency_id=CONCURRENCY_ID,
                 concurrency_limit=1,
             )
+        with gr.Tab("Attention vs recurrence"):
+            gr.Markdown(
+                "### Attention vs recurrence, measured\nAn LSTM and a one-layer attention model "
+                "of the same size, trained with the same budget to recall the token d "
+                "positions back; then their cost against the sequence length."
+            )
+            with gr.Row():
+                rec_acc = gr.Image(label="accuracy against d", type="filepath")
+                rec_attn = gr.Image(label="the trained attention map", type="filepath")
+            rec_time = gr.Image(label="time against sequence length", type="filepath")
+            rec_table = gr.Markdown()
         demo.load(complexity, [mfilt, pfilt], [shipped, shipped_table], api_name="complexity_load")
+        demo.load(lambda: recurrence_view(), None, [rec_acc, rec_time, rec_attn, rec_table],
+                  api_name="recurrence_load")
     return demo
 
 
