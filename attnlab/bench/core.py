@@ -105,6 +105,7 @@ def build_flex(mask: str, L: int):
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+        torch._dynamo.reset()  # one compile per (mask, L): never hit dynamo's recompile limit
         fn = flex_mask_mod(mask, L)
         bm = None if fn is None else create_block_mask(fn, None, None, L, L, device="cpu")
         compiled = torch.compile(flex_attention, dynamic=False)
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--masks", default=",".join(MASKS))
     p.add_argument("--flex-min-len", type=int, default=4096,
                    help="compile flex only for L >= this (each compile takes ~20 s)")
-    p.add_argument("--flex-masks", default="causal_window_256")
+    p.add_argument("--flex-masks", default="causal,causal_window_256,document_8,prefix_lm")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "core.json"))
     args = p.parse_args(argv)
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         args.flex_min_len = min(args.flex_min_len, 1024)
     backends = args.backends.split(",")
     masks = args.masks.split(",")
+    flex_masks = set(args.flex_masks.split(","))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     ceiling = matmul_gflops()
     print(f"threads={threads}  2048^3 matmul: {ceiling:.1f} GFLOP/s")
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         for mask in masks:
             keys = avg_keys(mask, L)
             flex_fn = None
-            if "flex" in backends and L >= args.flex_min_len and mask in args.flex_masks:
+            if "flex" in backends and L >= args.flex_min_len and mask in flex_masks:
                 flex_fn, info = build_flex(mask, L)
                 flex_compile[f"{mask}@{L}"] = info if flex_fn is None else round(info, 2)
             for pas in ("fwd", "fwdbwd"):
@@ -194,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                         if "flex" in base:
                             row["vs_flex"] = round(row["time_ms"] / base["flex"], 3)
                         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        # keep what is measured so far: a crash at a larger L loses nothing
+        out.with_suffix(".partial.json").write_text(json.dumps({"rows": rows}, indent=1))
     if not args.no_memory:
         cases = [{"backend": r["backend"], "mask": r["mask"], "L": r["L"], "pass": r["pass"],
                   "threads": threads} for r in rows if r["backend"] != "flex"]
@@ -207,9 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                           "matmul_2048_gflops": round(ceiling, 1), "B": B, "H": H, "D": D,
                           "dtype": "float32"},
               "flex_compile_s": flex_compile, "rows": rows, "linear_error": linear_error()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
     print(_table(rows))
     print(f"wrote {out}")
     try:
