@@ -280,7 +280,7 @@ def attention(
     if check_finite is None:
         check_finite = out.device.type == "cpu" and not torch.compiler.is_compiling()
     # one reduction: NaN and Inf propagate into the sum, so a finite sum means a finite output
-    if check_finite and not math.isfinite(out.sum().item()):
+    if check_finite and not math.isfinite(out.detach().sum().item()):
         _raise_non_finite(q, k, v)
     if q.dim() != 4:
         out = out.reshape(*lead, Hq, L, out.shape[-1])

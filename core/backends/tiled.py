@@ -100,10 +100,34 @@ def _expand_heads(t: Tensor, groups: int) -> Tensor:
     return t if groups == 1 else t.repeat_interleave(groups, dim=1)
 
 
-def _gather_keys(t: Tensor, keys: list[tuple[int, int]], groups: int) -> Tensor:
-    t = t[:, :, keys[0][0]:keys[0][1]] if len(keys) == 1 else torch.cat(
-        [t[:, :, a:b] for a, b in keys], dim=2)
-    return _expand_heads(t, groups)
+class _Blocks:
+    """A (B, H, N, D) tensor sliced along N at block boundaries.
+
+    Under autograd, a slice's backward allocates a zero gradient of the whole tensor, once per
+    slice: with many calls that is O(L^2) memory traffic. Spans are therefore assembled from one
+    ``split`` of the tensor, whose backward concatenates the pieces' gradients once. Without
+    autograd, spans are plain views.
+    """
+
+    def __init__(self, t: Tensor, block: int):
+        self.t, self.block = t, block
+        self.shape, self.device, self.dtype = t.shape, t.device, t.dtype
+        grad = t.requires_grad and torch.is_grad_enabled()
+        self.pieces = t.split(block, dim=2) if grad else None
+
+    def span(self, a: int, b: int) -> Tensor:
+        """Positions [a, b); ``a`` on a block boundary, ``b`` on one or at the end."""
+        if a == 0 and b >= self.shape[2]:
+            return self.t
+        if self.pieces is None:
+            return self.t[:, :, a:b]
+        i, j = a // self.block, -(-b // self.block)
+        return self.pieces[i] if j - i == 1 else torch.cat(self.pieces[i:j], dim=2)
+
+
+def _gather_keys(t: _Blocks, keys: list[tuple[int, int]], groups: int) -> Tensor:
+    parts = [t.span(a, b) for a, b in keys]
+    return _expand_heads(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2), groups)
 
 
 def _keys_bias(q, call, L, S, rows: tuple[int, int], keys: list[tuple[int, int]]):
@@ -140,7 +164,7 @@ def _slice_call(q, k, v, call, L, S, rows: tuple[int, int], full: list[tuple[int
     With ``split`` the two sets run as two fused calls merged by their LSEs (no mask over the
     full keys at all); otherwise one call with a mask over all keys.
     """
-    qi = q[:, :, rows[0]:rows[1]]
+    qi = q.span(rows[0], rows[1])
     if not split:
         keys = sorted(full + partial)
         bias = _keys_bias(q, call, L, S, rows, keys) if partial else None
@@ -172,14 +196,15 @@ def _gather_call(q, k, v, call, L, S, rows: Tensor, lists: Tensor, masked: bool,
     if bool((rows == r0 + torch.arange(R)).all()) and bool((lists == j0 + steps).all()):
         # a sliding pattern (windows): overlapping views of k/v, no copy (unfold's backward
         # adds the overlapping gradients back)
-        qi = q[:, :, r0 * block:(r0 + R) * block]
+        qi = q.span(r0 * block, (r0 + R) * block)
 
         def windows(t):  # (B, Hk, R, n*block, D')
-            t = t[:, :, j0 * block:(j0 + R - 1 + n) * block]
+            t = t.span(j0 * block, (j0 + R - 1 + n) * block)
             return t.unfold(2, n * block, block).transpose(-1, -2)
 
         kj, vj = windows(k), windows(v)
     else:  # index_select copies whole (block, D) tiles: far faster than multi-tensor indexing
+        q, k, v = q.t, k.t, v.t
         qi = q[:, :, : (L // block) * block].reshape(B, H, -1, block, D).index_select(2, rows_d)
         kj = k[:, :, : (S // block) * block].reshape(B, Hk, -1, block, D).index_select(2, flat)
         vj = v[:, :, : (S // block) * block].reshape(B, Hk, -1, block, Dv).index_select(2, flat)
@@ -245,7 +270,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
     # the fused kernel may turn NaN scores into a silent zero row: check inputs (O(L*D)); one
     # reduction each (NaN/Inf propagate into a sum), the exact test only to name the culprit
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
+        if not math.isfinite(float(t.detach().sum())) and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} contains NaN or Inf values")
     block = p.block
     nq = p.needed.shape[0]
@@ -256,6 +281,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
     # split FULL and PARTIAL keys into two calls merged by LSE: needs the LSE-returning kernel
     split = call.dropout_p == 0 and fused_lse_available(q, v)
     pieces: list[tuple[int, Tensor, Tensor | None]] = []  # (first position, out, lse)
+    qb, kb, vb = _Blocks(q, block), _Blocks(k, block), _Blocks(v, block)
     singles: dict[int, list[tuple[int, list[int]]]] = {}
     last_q_short, last_k_short = L % block != 0, S % block != 0
     nk = p.needed.shape[1]
@@ -287,7 +313,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
         for r in rows + [None]:
             if run and (r is None or r != run[-1] + 1 or len(run) >= max_rows):
                 a, b = run[0] * block, min(L, (run[-1] + 1) * block)
-                out, lse = _slice_call(q, k, v, call, L, S, (a, b), full, partial, split)
+                out, lse = _slice_call(qb, kb, vb, call, L, S, (a, b), full, partial, split)
                 pieces.append((a, out, lse))
                 run = []
             if r is not None:
@@ -307,11 +333,11 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
                 allfull = p.full[r, js].tolist()
                 full = _ranges([j for j, f in zip(js, allfull, strict=True) if f], block, S)
                 partial = _ranges([j for j, f in zip(js, allfull, strict=True) if not f], block, S)
-                out, lse = _slice_call(q, k, v, call, L, S, (r * block, (r + 1) * block),
+                out, lse = _slice_call(qb, kb, vb, call, L, S, (r * block, (r + 1) * block),
                                        full, partial, split)
                 pieces.append((r * block, out, lse))
                 continue
-            out, lse = _gather_call(q, k, v, call, L, S, rows_t, lists_t, masked, block, split)
+            out, lse = _gather_call(qb, kb, vb, call, L, S, rows_t, lists_t, masked, block, split)
             starts = (rows_t * block).tolist()
             if starts == list(range(starts[0], starts[0] + len(part) * block, block)):
                 pieces.append((starts[0], out, lse))
