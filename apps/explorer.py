@@ -239,7 +239,8 @@ def load_bench_results(path: str | Path | None = None) -> list[dict]:
 
 
 def _table(rows: list[dict], limit: int = 40) -> str:
-    keys = ("backend", "mask", "pass", "L", "time_ms", "peak_mem_mb", "ratio_sdpa", "gflops")
+    keys = ("backend", "mask", "pass", "L", "time_ms", "peak_mem_mb", "vs_sdpa", "vs_flex",
+            "gflops")
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows[:limit]:
         cells = [f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
@@ -315,7 +316,7 @@ def remeasure(mask_kind: str, lengths, heads: int = 8) -> list[dict]:
         sdpa = {r["L"]: r["time_ms"] for r in rows if r["backend"] == "sdpa"}
         for r in rows:
             if r["L"] in sdpa:
-                r["ratio_sdpa"] = r["time_ms"] / sdpa[r["L"]]
+                r["vs_sdpa"] = r["time_ms"] / sdpa[r["L"]]
     return rows
 
 

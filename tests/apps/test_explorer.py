@@ -185,7 +185,7 @@ def test_remeasure_small_lengths():
     assert {r["L"] for r in rows} == {32, 64}
     assert {r["backend"] for r in rows} >= {"math", "sdpa"}
     for r in rows:
-        assert r["time_ms"] > 0 and r["gflops"] > 0 and "ratio_sdpa" in r
+        assert r["time_ms"] > 0 and r["gflops"] > 0 and "vs_sdpa" in r
     assert "between 2 and 2048" in ex.run_remeasure("causal", [4096])[1]
     assert "at least one length" in ex.run_remeasure("causal", [])[1]
 
