@@ -480,10 +480,12 @@ def build() -> gr.Blocks:
                 "of the same size, trained with the same budget to recall the token d "
                 "positions back; then their cost against the sequence length."
             )
-            with gr.Row():
-                rec_acc = gr.Image(label="accuracy against d", type="filepath")
-                rec_attn = gr.Image(label="the trained attention map", type="filepath")
-            rec_time = gr.Image(label="time against sequence length", type="filepath")
+            # the figures carry their own titles: no label badge over them
+            rec_acc = gr.Image(label="accuracy against d", type="filepath", show_label=False)
+            rec_attn = gr.Image(label="the trained attention map", type="filepath",
+                                show_label=False)
+            rec_time = gr.Image(label="time against sequence length", type="filepath",
+                                show_label=False)
             rec_table = gr.Markdown()
         demo.load(complexity, [mfilt, pfilt], [shipped, shipped_table], api_name="complexity_load")
         demo.load(lambda: recurrence_view(), None, [rec_acc, rec_time, rec_attn, rec_table],
