@@ -57,13 +57,24 @@ class AttentionCall:
     need_weights: bool
     need_lse: bool
 
-    def dense_mask(self, B: int, H: int, L: int, S: int, device, dtype) -> Tensor | None:
+    def dense_mask(self, B: int, H: int, L: int, S: int, device, dtype,
+                   q_range: tuple[int, int] | None = None,
+                   kv_range: tuple[int, int] | None = None) -> Tensor | None:
         """The mask spec, the tensor mask and any additive score modifier folded into one dense
-        tensor: bool if all are boolean, else additive float (-inf where masked)."""
+        tensor: bool if all are boolean, else additive float (-inf where masked).
+
+        ``q_range``/``kv_range`` restrict it to rows [q0, q1) and columns [k0, k1) (the tiled
+        backend asks for one block of rows and keys at a time).
+        """
+        q0, q1 = q_range or (0, L)
+        k0, k1 = kv_range or (0, S)
         m = self.attn_mask
+        if m is not None and (q_range or kv_range):
+            m = m[..., k0:k1] if m.shape[-2] == 1 else m[..., q0:q1, k0:k1]
         if self.mask is not None:
             spec = self.mask.dense(L, S, batch=B if self.mask.batch_size else None,
-                                   heads=H if self.mask.num_heads else None, device=device)
+                                   heads=H if self.mask.num_heads else None, device=device,
+                                   q_range=q_range, kv_range=kv_range)
             if m is None:
                 m = spec
             elif m.dtype == torch.bool:
@@ -74,7 +85,8 @@ class AttentionCall:
             if not self.score_mod.additive:
                 raise ValueError(f"{self.score_mod.describe()} is not additive: use the 'math' "
                                  "or 'tiled' backend")
-            bias = self.score_mod.dense_bias(L, S, heads=H, device=device, dtype=dtype)
+            bias = self.score_mod.dense_bias(L, S, heads=H, device=device, dtype=dtype,
+                                             q_range=q_range, kv_range=kv_range)
             if m is None:
                 m = bias
             elif m.dtype == torch.bool:

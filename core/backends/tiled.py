@@ -136,20 +136,8 @@ def _keys_bias(q, call, L, S, rows: tuple[int, int], keys: list[tuple[int, int]]
     r0, r1 = rows
     parts = []
     for a, b in keys:
-        m = call.attn_mask
-        if m is not None:
-            m = m[..., a:b] if m.shape[-2] == 1 else m[..., r0:r1, a:b]
-        if call.mask is not None:
-            d = call.mask.dense(L, S, batch=B if call.mask.batch_size else None,
-                                heads=H if call.mask.num_heads else None, device=q.device,
-                                q_range=(r0, r1), kv_range=(a, b))
-            m = d if m is None else (m & d if m.dtype == torch.bool
-                                     else m.masked_fill(~d, float("-inf")))
-        m = _bias(m, q.dtype)
-        if call.score_mod is not None:
-            sb = call.score_mod.dense_bias(L, S, heads=H, device=q.device, dtype=q.dtype,
-                                           q_range=(r0, r1), kv_range=(a, b))
-            m = sb if m is None else m + sb
+        m = _bias(call.dense_mask(B, H, L, S, q.device, q.dtype, q_range=(r0, r1),
+                                  kv_range=(a, b)), q.dtype)
         if m is None:
             m = torch.zeros(1, 1, 1, b - a, dtype=q.dtype, device=q.device)
         parts.append(m)
