@@ -5,7 +5,8 @@ argument semantics of ``torch.nn.functional.scaled_dot_product_attention`` where
 adds mask specs (``attnlab.core.masks``), score modifiers (``attnlab.core.scores``), returned
 weights and the per-row log-sum-exp.
 
-Backends (one signature each, in ``core/backends``):
+The call is described to the backends as an ``AttentionCall`` (``core/call.py``, re-exported
+here with ``expand_kv``). Backends (one signature each, in ``core/backends``):
   * ``math``   materialised softmax(QK^T/sqrt(d))V: the readable reference; returns weights.
   * ``sdpa``   torch's fused kernels; what ``auto`` uses whenever it can.
   * ``tiled``  exact attention by blocks with an online softmax (FlashAttention, Dao et al. 2022),
@@ -18,20 +19,24 @@ D head dim (Dv value head dim).
 
 from __future__ import annotations
 
-import importlib
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .masks import Mask, _Causal
+from .backends import linear, sdpa, tiled
+from .backends import math as math_backend
+from .call import AttentionCall, expand_kv
+from .masks import Mask, causal
 from .scores import ScoreMod
 
-__all__ = ["attention", "AttentionOutput", "AttentionCall", "BACKENDS", "choose_backend"]
+__all__ = ["attention", "AttentionOutput", "AttentionCall", "expand_kv", "BACKENDS",
+           "choose_backend"]
 
-BACKENDS = ("math", "sdpa", "tiled", "linear")
+# modules, not their functions: ``forward`` is looked up per call (tests patch it)
+_BACKENDS = {"math": math_backend, "sdpa": sdpa, "tiled": tiled, "linear": linear}
+BACKENDS = tuple(_BACKENDS)
 # a mask that removes blocks pays off in the tiled backend above this many score entries
 _TILED_MIN_SCORES = 512 * 512
 
@@ -42,81 +47,6 @@ class AttentionOutput(NamedTuple):
     output: Tensor  # (..., H, L, Dv)
     weights: Tensor | None  # (..., H, L, S), rows sum to 1 over allowed keys (0 if none)
     lse: Tensor | None  # (..., H, L), log-sum-exp of the masked scaled scores (-inf if none)
-
-
-@dataclass
-class AttentionCall:
-    """Everything a backend needs beside q, k, v (already validated and 4-D)."""
-
-    attn_mask: Tensor | None  # bool (True = attend) or additive float, broadcastable to (B,H,L,S)
-    mask: Mask | None  # mask spec, is_causal folded in
-    score_mod: ScoreMod | None
-    scale: float
-    dropout_p: float
-    groups: int  # query heads per key/value head (GQA); 1 for ordinary attention
-    need_weights: bool
-    need_lse: bool
-
-    def dense_mask(self, B: int, H: int, L: int, S: int, device, dtype,
-                   q_range: tuple[int, int] | None = None,
-                   kv_range: tuple[int, int] | None = None) -> Tensor | None:
-        """The mask spec, the tensor mask and any additive score modifier folded into one dense
-        tensor: bool if all are boolean, else additive float (-inf where masked).
-
-        ``q_range``/``kv_range`` restrict it to rows [q0, q1) and columns [k0, k1) (the tiled
-        backend asks for one block of rows and keys at a time).
-        """
-        q0, q1 = q_range or (0, L)
-        k0, k1 = kv_range or (0, S)
-        m = self.attn_mask
-        if m is not None and (q_range or kv_range):
-            m = m[..., k0:k1] if m.shape[-2] == 1 else m[..., q0:q1, k0:k1]
-        if self.mask is not None:
-            spec = self.mask.dense(L, S, batch=B if self.mask.batch_size else None,
-                                   heads=H if self.mask.num_heads else None, device=device,
-                                   q_range=q_range, kv_range=kv_range)
-            if m is None:
-                m = spec
-            elif m.dtype == torch.bool:
-                m = m & spec
-            else:
-                m = m.masked_fill(~spec, float("-inf"))
-        if self.score_mod is not None:
-            if not self.score_mod.additive:
-                raise ValueError(f"{self.score_mod.describe()} is not additive: use the 'math' "
-                                 "or 'tiled' backend")
-            bias = self.score_mod.dense_bias(L, S, heads=H, device=device, dtype=dtype,
-                                             q_range=q_range, kv_range=kv_range)
-            if m is None:
-                m = bias
-            elif m.dtype == torch.bool:
-                m = bias.masked_fill(~m, float("-inf"))
-            else:
-                m = m + bias
-        return m
-
-    @property
-    def is_plain_causal(self) -> bool:
-        return (isinstance(self.mask, _Causal) and self.mask.align == "top_left"
-                and self.attn_mask is None and self.score_mod is None)
-
-
-def expand_kv(k: Tensor, v: Tensor, groups: int) -> tuple[Tensor, Tensor]:
-    """Repeat key/value heads for grouped-query attention: (B, Hk, S, D) -> (B, Hk*g, S, D)."""
-    if groups == 1:
-        return k, v
-    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-
-
-_LOADED: dict = {}
-
-
-def _backend(name: str):
-    """The backend module, imported on first use (backends import this module)."""
-    mod = _LOADED.get(name)
-    if mod is None:
-        mod = _LOADED[name] = importlib.import_module(f"{__package__}.backends.{name}")
-    return mod
 
 
 def choose_backend(call: AttentionCall, L: int, S: int) -> str:
@@ -210,12 +140,18 @@ def _mask_to_4d(m: Tensor, lead: tuple[int, ...], B: int) -> Tensor:
     return m.expand(*lead, *m.shape[len(lead):]).reshape(B, *m.shape[len(lead):])
 
 
-def _raise_non_finite(q, k, v):
+def _all_finite(t: Tensor) -> bool:
+    """One reduction (NaN and Inf propagate into a sum); the exact elementwise test only when
+    the sum is not finite, since finite values can overflow a low-precision sum."""
+    t = t.detach()
+    return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
+
+
+def _check_inputs_finite(q: Tensor, k: Tensor, v: Tensor) -> None:
+    # before any backend runs: fused kernels may turn a NaN row into a silent row of zeros
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not torch.isfinite(t).all():
+        if not _all_finite(t):
             raise ValueError(f"{name} contains NaN or Inf values")
-    raise ValueError("attention produced NaN or Inf from finite inputs (overflow in low "
-                     "precision, or an additive attn_mask with NaN/+Inf)")
 
 
 def attention(
@@ -250,9 +186,13 @@ def attention(
         backend: 'auto', 'math', 'sdpa', 'tiled' or 'linear'.
         return_weights: also return the attention weights (..., Hq, L, S).
         return_lse: also return the log-sum-exp of the masked scaled scores (..., Hq, L).
-        check_finite: raise ValueError on NaN/Inf results, naming the input at fault (default:
-            on CPU only, where the check is one reduction over the output; on GPUs it would
-            force a synchronisation).
+        check_finite: raise ValueError when q, k or v holds NaN or Inf (naming it), on every
+            backend alike, checked before the backend runs; and when the output is not finite
+            from finite inputs (low-precision overflow, an additive attn_mask with NaN/+Inf).
+            Costs one reduction per input and one over the output. Default: on for CPU
+            tensors, off on GPUs (the check would force a synchronisation) and under
+            ``torch.compile``; without it a non-finite input gives whatever the backend
+            gives (NaN, or zeros from a fused kernel).
 
     Returns:
         The output (..., Hq, L, Dv), or an ``AttentionOutput`` when weights or LSE are asked for.
@@ -275,8 +215,6 @@ def attention(
         raise ValueError(f"mask {mask.describe()} is built for batch {mask.batch_size}, "
                          f"inputs have batch {B}")
     if is_causal:
-        from .masks import causal
-
         mask = causal() if mask is None else causal() & mask
     call = AttentionCall(
         attn_mask=attn_mask, mask=mask, score_mod=score_mod,
@@ -287,13 +225,14 @@ def attention(
     name = choose_backend(call, L, S) if backend == "auto" else backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    out, weights, lse = _backend(name).forward(q4, k4, v4, call)
-
     if check_finite is None:
-        check_finite = out.device.type == "cpu" and not torch.compiler.is_compiling()
-    # one reduction: NaN and Inf propagate into the sum, so a finite sum means a finite output
-    if check_finite and not math.isfinite(out.detach().sum().item()):
-        _raise_non_finite(q, k, v)
+        check_finite = q.device.type == "cpu" and not torch.compiler.is_compiling()
+    if check_finite:
+        _check_inputs_finite(q, k, v)
+    out, weights, lse = _BACKENDS[name].forward(q4, k4, v4, call)
+    if check_finite and not _all_finite(out):
+        raise ValueError("attention produced NaN or Inf from finite inputs (overflow in low "
+                         "precision, or an additive attn_mask with NaN/+Inf)")
     if q.dim() != 4:
         out = out.reshape(*lead, Hq, L, out.shape[-1])
     if not (return_weights or return_lse):

@@ -10,7 +10,14 @@ A mask says which key each query may attend to. It is written once, as a predica
   block layout analytically; user predicates are evaluated block by block (chunked, eager: no
   ``torch.compile``).
 
-Masks combine with ``&``, ``|`` and ``~``. True means "may attend".
+Masks combine with ``&``, ``|`` and ``~``. True means "may attend". Backends ask a mask about
+its structure through public queries (``factors``, ``is_full``, ``causal_alignment``,
+``window``, ``key_lengths``, ``evaluate``), never through its private classes.
+
+Tensor masks -- bool (True = may attend) or additive float (-inf = masked), the two forms of
+``F.scaled_dot_product_attention``'s ``attn_mask`` -- and biases are merged by one algebra here
+(``merge_attn_masks``, ``combine``, ``to_additive``, ``to_allowed``): bool AND bool stays bool,
+anything with a float becomes additive float.
 
 Index tensors broadcast: ``b`` (B,1,1,1), ``h`` (1,H,1,1), ``q_idx`` (1,1,L,1), ``kv_idx``
 (1,1,1,S). A user predicate must therefore be written with tensor operations (comparisons,
@@ -40,6 +47,10 @@ __all__ = [
     "prefix_lm",
     "cross",
     "from_predicate",
+    "merge_attn_masks",
+    "combine",
+    "to_additive",
+    "to_allowed",
 ]
 
 
@@ -71,6 +82,47 @@ class Mask:
         L = int(q_idx.max()) + 1
         S = int(kv_idx.max()) + 1
         return self._eval(b, h, q_idx, kv_idx, L, S)
+
+    def evaluate(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, L: int,
+                 S: int) -> Tensor:
+        """The predicate on broadcasting index tensors, for full lengths L and S.
+
+        Args:
+            b, h, q_idx, kv_idx: integer index tensors that broadcast against each other, in
+                the roles of (B,1,1,1), (1,H,1,1), (1,1,Lq,1), (1,1,1,Sk) (any positions, e.g.
+                gathered blocks).
+            L, S: the whole query and key lengths (bottom-right alignment needs them).
+
+        Returns:
+            bool, True where the query may attend, broadcastable to the indices' shape.
+        """
+        return self._eval(b, h, q_idx, kv_idx, L, S)
+
+    # -- structure queries: what a backend may ask without knowing the classes ---------------
+    def factors(self) -> tuple[Mask, ...]:
+        """The masks whose AND this mask is, flattened: ``(self,)`` unless it is ``a & b``."""
+        return (self,)
+
+    @property
+    def is_full(self) -> bool:
+        """True when the mask is ``full()`` (or an ``&`` of them): every pair is allowed."""
+        return False
+
+    @property
+    def causal_alignment(self) -> str | None:
+        """'top_left' or 'bottom_right' when the mask is exactly ``causal(align)``, else None."""
+        return None
+
+    @property
+    def window(self) -> int | None:
+        """Width of the narrowest ``sliding_window`` the mask is or is an ``&`` with, or None."""
+        return None
+
+    @property
+    def key_lengths(self) -> Tensor | None:
+        """Per-batch numbers of valid keys (B,) or (1,) when the mask is exactly
+        ``key_padding(lengths)``, else None."""
+        return None
 
     def dense(
         self,
@@ -214,6 +266,8 @@ def _blocks_by_evaluation(mask: Mask, qs, qe, ks, ke, L: int, S: int, chunk: int
 # primitives
 # ------------------------------------------------------------------------------------------
 class _Full(Mask):
+    is_full = True
+
     def _eval(self, b, h, q, kv, L, S):
         return torch.ones((1, 1, 1, 1), dtype=torch.bool, device=q.device).expand(
             1, 1, q.shape[2], kv.shape[3]
@@ -261,6 +315,10 @@ class _Causal(_Diagonal):
     def __init__(self, align: str):
         super().__init__(0, None, align)
 
+    @property
+    def causal_alignment(self) -> str | None:
+        return self.align
+
     def describe(self) -> str:
         return "causal" if self.align == "top_left" else "causal(bottom_right)"
 
@@ -269,15 +327,19 @@ class _Window(_Diagonal):
     def __init__(self, window: int, causal: bool, align: str):
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive int, got {window!r}")
-        self.window, self.causal = window, causal
+        self.width, self.causal = window, causal
         if causal:
             super().__init__(0, window - 1, align)  # the query and the w - 1 keys before it
         else:
             r = window // 2
             super().__init__(-r, r, align)  # w // 2 keys on either side (Longformer's width)
 
+    @property
+    def window(self) -> int | None:
+        return self.width
+
     def describe(self) -> str:
-        return f"{'causal ' if self.causal else ''}window {self.window}"
+        return f"{'causal ' if self.causal else ''}window {self.width}"
 
 
 def _as_long(x, name: str) -> Tensor:
@@ -304,6 +366,10 @@ class _KeyRange(Mask):
 
     def _device(self):
         return self.n.device
+
+    @property
+    def key_lengths(self) -> Tensor | None:
+        return self.n if self.name == "key_padding" else None  # a prefix is not padding
 
     def _eval(self, b, h, q, kv, L, S):
         n = self.n.to(q.device)[b.clamp(max=self.n.numel() - 1)]  # (B,1,1,1)
@@ -406,6 +472,18 @@ class _And(Mask):
     def _eval(self, b, h, q, kv, L, S):
         return self.a._eval(b, h, q, kv, L, S) & self.b._eval(b, h, q, kv, L, S)
 
+    def factors(self) -> tuple[Mask, ...]:
+        return self.a.factors() + self.b.factors()
+
+    @property
+    def is_full(self) -> bool:
+        return self.a.is_full and self.b.is_full
+
+    @property
+    def window(self) -> int | None:
+        ws = [w for w in (self.a.window, self.b.window) if w is not None]
+        return min(ws) if ws else None
+
     def _blocks(self, qs, qe, ks, ke, L, S):
         return torch.minimum(self.a._blocks(qs, qe, ks, ke, L, S),
                              self.b._blocks(qs, qe, ks, ke, L, S))
@@ -417,6 +495,18 @@ class _And(Mask):
 class _Or(_And):
     def _eval(self, b, h, q, kv, L, S):
         return self.a._eval(b, h, q, kv, L, S) | self.b._eval(b, h, q, kv, L, S)
+
+    # _And's structure answers do not hold for a union
+    def factors(self) -> tuple[Mask, ...]:
+        return (self,)
+
+    @property
+    def is_full(self) -> bool:
+        return self.a.is_full or self.b.is_full
+
+    @property
+    def window(self) -> int | None:
+        return None  # a union is as wide as its wider side, and that side may be unbounded
 
     def _blocks(self, qs, qe, ks, ke, L, S):
         # the union of two partial blocks may be full: PARTIAL is the safe answer
@@ -500,3 +590,60 @@ def from_predicate(
     is evaluated with ``b = h = 0`` and broadcast.
     """
     return _Predicate(mask_mod, batch_size, num_heads, name)
+
+
+# ------------------------------------------------------------------------------------------
+# tensor masks: bool (True = may attend) and additive float (-inf = masked), merged one way
+# ------------------------------------------------------------------------------------------
+_NEG_INF = float("-inf")
+
+
+def to_allowed(mask: Tensor) -> Tensor:
+    """bool, True where a query may attend: a bool mask as it is, an additive one where it is
+    above -inf (a NaN entry counts as masked)."""
+    return mask if mask.dtype == torch.bool else mask > _NEG_INF
+
+
+def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive float mask of ``dtype``: 0 where a bool mask allows, -inf where it masks; a
+    float mask is cast."""
+    if mask.dtype == torch.bool:
+        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return zeros.masked_fill_(~mask, _NEG_INF)
+    return mask.to(dtype)
+
+
+def merge_attn_masks(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """The mask that applies both ``a`` and ``b`` (None = no mask), broadcast together.
+
+    bool & bool -> bool (AND); bool with float -> the float with -inf where the bool masks;
+    float + float -> their sum (biases add).
+    """
+    if a is None or b is None:
+        return b if a is None else a
+    if a.dtype == torch.bool and b.dtype == torch.bool:
+        return a & b
+    if a.dtype == torch.bool:
+        a, b = b, a  # a is float from here on
+    if b.dtype == torch.bool:
+        # where, not masked_fill: the bool mask may be the larger one after broadcasting
+        return torch.where(b, a, _NEG_INF)
+    return a + b
+
+
+def combine(*parts: Tensor | None, dtype: torch.dtype | None = None) -> Tensor | None:
+    """``merge_attn_masks`` over any number of masks and biases; None parts are skipped.
+
+    Args:
+        parts: bool masks (True = may attend), additive float masks or biases, or None.
+        dtype: float parts are cast to it first (the scores' dtype), when given.
+
+    Returns:
+        None if every part is None; bool if every part is bool; else additive float.
+    """
+    out = None
+    for p in parts:
+        if p is not None and dtype is not None and p.dtype != torch.bool:
+            p = p.to(dtype)
+        out = merge_attn_masks(out, p)
+    return out

@@ -8,8 +8,13 @@ folder (``toy/copy-lm``). The card holds the builder name and arguments, the res
 config, the command that trained it, the data and split, the metrics, the file size and its
 sha256. :func:`load` checks all of them before a single weight is copied.
 
-Training recipes (domain name -> ``build(cfg) -> RecipeParts``) are registered here too,
-so that ``attnlab train DOMAIN`` and ``attnlab eval NAME`` find them by name.
+Discovery: core never imports a domain by name in its code, yet ``attnlab.create("text_test")``
+must work from plain Python. So the first lookup that misses (and every :func:`list_models`)
+runs :func:`discover` once: it imports :mod:`attnlab.core.toy` and each
+``attnlab.domains.<name>`` subpackage's ``model`` and ``train`` modules by name, whose
+``@register`` decorators fill the registry. A domain that fails to import does not stop the
+others; its error is kept (:func:`import_failures`) and named when a lookup misses.
+Training recipes have their own registry beside the trainer (:mod:`attnlab.core.recipes`).
 """
 
 from __future__ import annotations
@@ -18,24 +23,31 @@ import dataclasses
 import fnmatch
 import hashlib
 import importlib
+import importlib.util
+import inspect
 import json
 import os
+import pkgutil
+import threading
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from torch.utils.data import Dataset
 
 from .checkpoint import atomic_save, atomic_write_text
-from .train_config import TrainConfig
 
 Builder = Callable[..., nn.Module]
-LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, Any]]"]
 _BUILDERS: dict[str, Builder] = {}
+# Modules whose import registers models and recipes: the core's toy, then every domain's.
+_CORE_PLUGINS = ("attnlab.core.toy",)
+_DOMAINS = "attnlab.domains"
+_DOMAIN_PARTS = ("model", "train")
+_discovery_lock = threading.RLock()
+_import_failures: list[str] | None = None  # None until discover() has run
 
 __all__ = [
     "WeightsError",
@@ -50,11 +62,9 @@ __all__ = [
     "weights_paths",
     "check_architecture",
     "model_config",
-    "RecipeParts",
-    "Recipe",
-    "register_recipe",
-    "get_recipe",
-    "list_recipes",
+    "model_config_class",
+    "discover",
+    "import_failures",
 ]
 
 
@@ -71,8 +81,61 @@ def register(fn: Builder) -> Builder:
     return fn
 
 
+def discover() -> list[str]:
+    """Import the core toy and every domain's ``model``/``train`` modules, once.
+
+    Thread-safe and re-entrant (a domain that looks a model up while it is being imported
+    sees what is registered so far). Returns :func:`import_failures`.
+    """
+    global _import_failures
+    with _discovery_lock:
+        if _import_failures is not None:
+            return list(_import_failures)
+        _import_failures = failures = []
+        for name in _CORE_PLUGINS:
+            try:
+                importlib.import_module(name)
+            except Exception as err:  # a broken plugin must not break the others
+                failures.append(f"{name.rsplit('.', 1)[-1]}: {type(err).__name__}: {err}")
+        try:
+            domains = importlib.import_module(_DOMAINS)
+        except ImportError as err:
+            failures.append(f"domains: {type(err).__name__}: {err}")
+            return list(failures)
+        for mod in pkgutil.iter_modules(domains.__path__):
+            if not mod.ispkg:
+                continue
+            for part in _DOMAIN_PARTS:
+                name = f"{_DOMAINS}.{mod.name}.{part}"
+                try:
+                    if importlib.util.find_spec(name) is not None:
+                        importlib.import_module(name)
+                except Exception as err:
+                    failures.append(f"{mod.name}: {type(err).__name__}: {err}")
+                    break  # the domain's train module needs its model module
+        return list(failures)
+
+
+def import_failures() -> list[str]:
+    """``"domain: Error: message"`` for each domain :func:`discover` could not import."""
+    return discover()
+
+
+def _lookup(name: str) -> Builder:
+    if name not in _BUILDERS:
+        discover()
+    if name not in _BUILDERS:
+        failed = import_failures()
+        extra = f" (failed to import: {'; '.join(failed)})" if failed else ""
+        raise ValueError(
+            f"unknown model {name!r}; valid: {', '.join(list_models()) or 'none'}{extra}"
+        )
+    return _BUILDERS[name]
+
+
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered builder names matching a shell-style ``pattern``."""
+    """Registered builder names matching a shell-style ``pattern`` (every domain's)."""
+    discover()
     return sorted(n for n in _BUILDERS if fnmatch.fnmatchcase(n, pattern))
 
 
@@ -82,9 +145,7 @@ def create(name: str, **overrides: Any) -> nn.Module:
     The model gets ``registry_name`` and ``registry_args`` attributes so that
     :func:`save_weights` can write a card that rebuilds it.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(list_models()) or 'none'}")
-    model = _BUILDERS[name](**overrides)
+    model = _lookup(name)(**overrides)
     model.registry_name = name
     model.registry_args = dict(overrides)
     return model
@@ -94,6 +155,31 @@ def model_config(model: nn.Module) -> dict[str, Any] | None:
     """The model's ``config`` dataclass as a dict, if it has one."""
     cfg = getattr(model, "config", None)
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
+
+
+def model_config_class(name: str) -> type | None:
+    """The config dataclass that builder ``name`` fills, read from its annotations.
+
+    The builder's return annotation names the model class, whose ``__init__`` takes the
+    config (``def toy_copy(**kw) -> ToyLM`` and ``ToyLM.__init__(self, config: ToyConfig)``).
+    ``None`` when the annotations do not say. Nothing is built.
+    """
+    builder = _lookup(name)
+    try:
+        cls = typing.get_type_hints(builder).get("return")
+        if not inspect.isclass(cls):
+            return None
+        if dataclasses.is_dataclass(cls):
+            return cls
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: the caller falls back to untyped values
+        return None
+    params = list(inspect.signature(cls.__init__).parameters)[1:]
+    for p in params:
+        tp = hints.get(p)
+        if inspect.isclass(tp) and dataclasses.is_dataclass(tp):
+            return tp
+    return None
 
 
 def weights_dir() -> Path:
@@ -195,7 +281,10 @@ def load(
         )
     builder = card["model"]
     if builder not in _BUILDERS and card.get("module"):
-        importlib.import_module(card["module"])  # registers the builder
+        try:  # the card's module registers the builder: cheaper than discovering them all
+            importlib.import_module(card["module"])
+        except ImportError:
+            pass  # moved or broken: create() discovers, and names the failures if it must
     model = create(builder, **card.get("model_args", {}))
     if card.get("config") is not None and model_config(model) != card["config"]:
         raise WeightsError(f"weights {name!r}: config in the card does not match {builder!r}")
@@ -223,64 +312,3 @@ def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], what: s
                 f"{what} are for another architecture ({k}: {tuple(state[k].shape)} in the "
                 f"file, {tuple(v.shape)} in the model)"
             )
-
-
-# ---------------------------------------------------------------- training recipes
-
-
-@dataclass(frozen=True)
-class RecipeParts:
-    """What a recipe builds for a config: the model and its data.
-
-    Attributes:
-        model: the module to train (its ``state_dict`` keys are the checkpoint keys).
-        train_set: map-style dataset.
-        eval_set: optional held-out dataset, evaluated every ``eval_every`` steps and at the end.
-        loss_fn: ``(model, batch) -> loss | (loss, metrics)``; default ``model.loss(batch)``.
-        collate_fn: batches a list of samples; default ``torch.utils.data.default_collate``.
-        tokens_per_sample: when set, throughput is reported in tokens/s instead of samples/s.
-    """
-
-    model: nn.Module
-    train_set: Dataset
-    eval_set: Dataset | None = None
-    loss_fn: LossFn | None = None
-    collate_fn: Callable[[list[Any]], Any] | None = None
-    tokens_per_sample: int | None = None
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    build: Callable[[TrainConfig], RecipeParts]
-    defaults: TrainConfig
-    description: str = ""
-
-
-_RECIPES: dict[str, Recipe] = {}
-
-
-def register_recipe(
-    name: str, defaults: TrainConfig, description: str = ""
-) -> Callable[[Callable[[TrainConfig], RecipeParts]], Callable[[TrainConfig], RecipeParts]]:
-    """Register ``build(cfg) -> RecipeParts`` as the training recipe ``name``."""
-
-    def deco(build: Callable[[TrainConfig], RecipeParts]) -> Callable:
-        if name in _RECIPES:
-            raise ValueError(f"recipe {name!r} is already registered")
-        doc = description or (build.__doc__ or "").strip().split("\n")[0]
-        _RECIPES[name] = Recipe(name, build, defaults.replace(recipe=name), doc)
-        return build
-
-    return deco
-
-
-def get_recipe(name: str) -> Recipe:
-    if name not in _RECIPES:
-        valid = ", ".join(sorted(_RECIPES)) or "(none registered)"
-        raise ValueError(f"unknown training recipe {name!r}; valid: {valid}")
-    return _RECIPES[name]
-
-
-def list_recipes() -> list[str]:
-    return sorted(_RECIPES)

@@ -15,7 +15,7 @@ process with the same global batch.
 
 **Recipes.** A domain plugs in with ``@register_recipe("name", defaults=TrainConfig(...))``
 on a function ``build(cfg) -> RecipeParts`` (model + datasets + optional loss/collate);
-the recipe registry lives in :mod:`attnlab.core.registry` and is re-exported here.
+the recipe registry lives in :mod:`attnlab.core.recipes` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as pdist
-from .registry import LossFn, Recipe, RecipeParts, get_recipe, list_recipes, register_recipe
+from .recipes import LossFn, Recipe, RecipeParts, get_recipe, list_recipes, register_recipe
 from .train_config import TrainConfig
 
 __all__ = [

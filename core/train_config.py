@@ -3,8 +3,9 @@
 Follows the house rule for configs (frozen dataclasses, overrides through
 ``dataclasses.replace``, which raises on unknown keys) and nanoGPT's habit of printing the
 whole config at the start of a run. ``key=value`` overrides from the command line are
-parsed here; ``model.<key>=v`` and ``data.<key>=v`` go to the recipe's model and data
-arguments.
+parsed here by each field's type (:mod:`attnlab.core.overrides`); ``model.<key>=v`` go to the
+model builder's arguments, typed by its config dataclass, and ``data.<key>=v`` to the recipe's
+data arguments, typed by the recipe's default value when it has one.
 """
 
 from __future__ import annotations
@@ -12,10 +13,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULES = ("cosine", "constant")
+from .overrides import OverrideError, coerce_value, field_types, parse_value
+from .registry import model_config_class
+
+Optimizer = Literal["adamw"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Schedule = Literal["cosine", "constant"]
+Device = Literal["auto", "cpu", "cuda"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 # Fields that may change between a checkpoint and its resumed run without breaking exactness.
 RESUMABLE_CHANGES = frozenset(
     {"steps", "epochs", "log_every", "eval_every", "ckpt_every", "out_dir", "quiet", "device",
@@ -63,17 +71,17 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     data: str = ""
     data_args: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     warmup_steps: int = 0
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     grad_accum: int = 1
     batch_size: int = 32
     steps: int = 0
@@ -84,7 +92,7 @@ class TrainConfig:
     ckpt_every: int = 0
     out_dir: str = "runs/run"
     quiet: bool = False
-    device: str = "auto"
+    device: Device = "auto"
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -120,7 +128,13 @@ class TrainConfig:
 
     @classmethod
     def keys(cls) -> list[str]:
+        """The field names, in order."""
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def types(cls) -> dict[str, Any]:
+        """Field name -> its type (annotations resolved)."""
+        return field_types(cls)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,30 +148,53 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise TypeError(f"config must be a JSON object, got {type(d).__name__}")
         base = base or cls(steps=1)
-        typed = {k: _coerce(base, k, v) for k, v in d.items() if k in cls.keys()}
+        types = cls.types()
+        typed = {k: coerce_value(k, v, types[k]) for k, v in d.items() if k in types}
         return base.replace(**{**d, **typed})
 
     def with_overrides(self, items: list[str]) -> TrainConfig:
-        """Apply ``key=value`` strings; ``model.k=v``/``data.k=v`` update the arg dicts.
+        """Apply ``key=value`` strings, each parsed by its field's type.
 
-        Values are parsed as JSON when they can be (``3``, ``0.1``, ``true``) and kept as
-        strings otherwise, then converted to the field's type.
+        ``model.k=v`` updates ``model_args``, typed by the config dataclass of the model
+        builder (:func:`attnlab.core.registry.model_config_class`); ``data.k=v`` updates
+        ``data_args``, typed like the recipe's default value for ``k``. Where no type is
+        known the value is JSON when it parses (``3``, ``0.1``, ``[1, 2]``) and a string
+        otherwise.
+
+        Raises:
+            OverrideError: (a ``ValueError``) naming the key, the value and the type
+                expected (``"model.dim=abc: expected an int"``), or an unknown key and the
+                valid ones.
         """
+        types = self.types()
         changes: dict[str, Any] = {}
-        model_args, data_args = dict(self.model_args), dict(self.data_args)
+        nested: list[tuple[str, str, str, str]] = []  # (item key, "model"/"data", sub, raw)
         for item in items:
             key, sep, raw = item.partition("=")
             if not sep or not key:
-                raise ValueError(f"override {item!r} is not of the form key=value")
-            value = _parse(raw)
+                raise OverrideError(f"override {item!r} is not of the form key=value")
             prefix, dot, sub = key.partition(".")
             if dot and prefix in ("model", "data") and sub:
-                (model_args if prefix == "model" else data_args)[sub] = value
-            elif key not in self.keys():
-                raise ValueError(f"unknown config key {key!r}; valid: {', '.join(self.keys())}")
+                nested.append((key, prefix, sub, raw))
+            elif key not in types:
+                valid = ", ".join([*types, "model.KEY", "data.KEY"])
+                raise OverrideError(f"unknown config key {key!r}; valid: {valid}")
             else:
-                changes[key] = _coerce(self, key, value)
-        return self.replace(model_args=model_args, data_args=data_args, **changes)
+                changes[key] = parse_value(key, raw, types[key])
+        args = {"model": dict(self.model_args), "data": dict(self.data_args)}
+        model_types = _model_types(changes.get("model", self.model)) if nested else None
+        for key, prefix, sub, raw in nested:
+            if prefix == "model" and model_types is not None:
+                if sub not in model_types:
+                    valid = ", ".join(f"model.{k}" for k in model_types)
+                    name = changes.get("model", self.model)
+                    raise OverrideError(f"unknown model key {key!r} for {name!r}; valid: {valid}")
+                tp = model_types[sub]
+            else:
+                default = args[prefix].get(sub)
+                tp = type(default) if isinstance(default, bool | int | float | str) else Any
+            args[prefix][sub] = parse_value(key, raw, tp)
+        return self.replace(model_args=args["model"], data_args=args["data"], **changes)
 
     def check_resumable(self, saved: TrainConfig) -> None:
         """``ValueError`` if this config changes a field that an exact resume depends on."""
@@ -175,34 +212,9 @@ class TrainConfig:
         ) + ")"  # fmt: skip
 
 
-def _parse(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def _coerce(cfg: TrainConfig, key: str, value: Any) -> Any:
-    """Convert ``value`` to the type of ``cfg.key``; ``ValueError`` naming the key."""
-    current = getattr(cfg, key)
-    try:
-        if isinstance(current, bool):
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-                return value.lower() in ("true", "yes")
-            if value in (0, 1, True, False):
-                return bool(value)
-            raise ValueError
-        if isinstance(current, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-        if isinstance(current, str):
-            return str(value)
-        if isinstance(current, dict) and not isinstance(value, dict):
-            raise ValueError
-    except (TypeError, ValueError):
-        kind = type(current).__name__
-        raise ValueError(f"config key {key!r} expects {kind}, got {value!r}") from None
-    return value
+def _model_types(name: str) -> dict[str, Any] | None:
+    """Field types of model builder ``name``'s config, or ``None`` when it is unknown."""
+    if not name:
+        return None
+    cls = model_config_class(name)
+    return field_types(cls) if cls is not None else None

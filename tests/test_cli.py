@@ -72,11 +72,35 @@ def test_unknown_config_key_and_bad_value_exit_2(tmp_path, capsys):
     assert main(["train", "toy", f"out_dir={tmp_path}/r", "bogus=1"]) == 2
     assert "unknown config key 'bogus'" in _err_line(capsys)
     assert main(["train", "toy", f"out_dir={tmp_path}/r", "steps=many"]) == 2
-    assert "'steps' expects int" in _err_line(capsys)
+    assert _err_line(capsys) == "attnlab train: error: steps=many: expected an int"
     bad = tmp_path / "cfg.json"
     bad.write_text('{"lr": 0.1, "nope": 3}')
     assert main(["train", "toy", "--config", str(bad), f"out_dir={tmp_path}/r"]) == 2
     assert "unknown config key" in _err_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "item,message",
+    [
+        ("model.dim=abc", "model.dim=abc: expected an int"),
+        ("model.mlp_ratio=wide", "model.mlp_ratio=wide: expected a float"),
+        ("model.qkv_bias=2", "model.qkv_bias=2: expected a bool (true/false/1/0/yes/no)"),
+        ("precision=fp8", "precision=fp8: expected one of 'fp32', 'bf16', 'fp16'"),
+        ("lr=fast", "lr=fast: expected a float"),
+        ("quiet=2", "quiet=2: expected a bool (true/false/1/0/yes/no)"),
+        ("data.length=long", "data.length=long: expected an int"),
+        ("model.width=3", "unknown model key 'model.width' for 'toy_copy'; valid: model."),
+        ("stepz=3", "unknown config key 'stepz'; valid: recipe, model, "),
+        ("steps", "override 'steps' is not of the form key=value"),
+    ],
+)
+def test_typed_overrides_one_line_exit_2(item, message, tmp_path, capsys):
+    """Overrides are parsed by the field's type before anything is built or written."""
+    _toy()
+    assert main(["train", "toy", f"out_dir={tmp_path}/r", item]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"attnlab train: error: {message}"), err
     assert not (tmp_path / "r").exists()
 
 

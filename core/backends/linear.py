@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attention import AttentionCall, expand_kv
-from ..masks import Mask, _And, _Causal, _Full, _KeyRange
+from ..call import AttentionCall, expand_kv
+from ..masks import Mask
 
 __all__ = ["forward", "linear_attention", "feature_map", "parse_mask"]
 
@@ -91,20 +91,14 @@ def parse_mask(mask: Mask | None) -> tuple[str | None, Tensor | None]:
 
     Raises ValueError for any other mask.
     """
-    leaves, stack = [], [mask] if mask is not None else []
-    while stack:
-        m = stack.pop()
-        if type(m) is _And:
-            stack += [m.a, m.b]
-        else:
-            leaves.append(m)
     align, lengths = None, None
-    for m in leaves:
-        if isinstance(m, _Causal) and align is None:
-            align = m.align
-        elif isinstance(m, _KeyRange) and m.name == "key_padding":
-            lengths = m.n if lengths is None else torch.minimum(lengths, m.n)
-        elif not isinstance(m, _Full):
+    for m in mask.factors() if mask is not None else ():
+        if m.causal_alignment is not None and align in (None, m.causal_alignment):
+            align = m.causal_alignment
+        elif m.key_lengths is not None:
+            n = m.key_lengths
+            lengths = n if lengths is None else torch.minimum(lengths, n)
+        elif not m.is_full:
             raise ValueError(f"backend 'linear' supports full, causal and key-padding masks "
                              f"only, got mask {mask.describe()}")
     return align, lengths

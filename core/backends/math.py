@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attention import AttentionCall, expand_kv
+from ..call import AttentionCall, expand_kv
+from ..masks import combine, merge_attn_masks
 
 
 def masked_scores(q: Tensor, k: Tensor, call: AttentionCall, q_offset: int = 0,
@@ -38,13 +39,13 @@ def masked_scores(q: Tensor, k: Tensor, call: AttentionCall, q_offset: int = 0,
     if m is not None:
         m = m[..., q_offset:q_offset + Lq, k_offset:k_offset + Sk] if m.shape[-2] != 1 else \
             m[..., k_offset:k_offset + Sk]
-        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.to(s.dtype)
+        s = combine(s, m, dtype=s.dtype)  # scores are a float part: -inf where m masks
     if call.mask is not None:
         allowed = call.mask.dense(L, S, batch=B if call.mask.batch_size else None,
                                   heads=H if call.mask.num_heads else None, device=dev,
                                   q_range=(q_offset, q_offset + Lq),
                                   kv_range=(k_offset, k_offset + Sk))
-        s = s.masked_fill(~allowed, float("-inf"))
+        s = merge_attn_masks(s, allowed)
     return s
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attention import AttentionCall
+from ..call import AttentionCall
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):

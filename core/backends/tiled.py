@@ -28,13 +28,11 @@ kernel in ``tiled_kernels.OnlineSoftmax`` (no dropout there).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from ..attention import AttentionCall
-from ..masks import EMPTY, FULL
+from ..call import AttentionCall
+from ..masks import EMPTY, FULL, to_additive
 from .tiled_kernels import (
     flash_parts,
     fused_attention,
@@ -60,19 +58,8 @@ class Plan:
 
 def _block_size(call: AttentionCall, L: int, S: int) -> int:
     """64 for local masks (a query block then sees ~w + 64 keys), 128 otherwise."""
-    win = _window(call.mask)
+    win = call.mask.window if call.mask is not None else None
     return 64 if win is not None and win <= 1024 else 128
-
-
-def _window(mask) -> int | None:
-    from ..masks import _And, _Window
-
-    if isinstance(mask, _Window):
-        return mask.window
-    if isinstance(mask, _And):
-        ws = [w for w in (_window(mask.a), _window(mask.b)) if w is not None]
-        return min(ws) if ws else None
-    return None
 
 
 def plan(call: AttentionCall, L: int, S: int, block: int | None = None) -> Plan:
@@ -85,15 +72,6 @@ def plan(call: AttentionCall, L: int, S: int, block: int | None = None) -> Plan:
     kinds = call.mask.block_kinds(L, S, block, block).cpu()  # (B', H', nQ, nK)
     kinds = kinds.flatten(0, 1)
     return Plan((kinds != EMPTY).any(0), (kinds == FULL).all(0), block)
-
-
-def _bias(m: Tensor | None, dtype) -> Tensor | None:
-    """bool (True = attend) -> additive float; float stays (cast to the kernel's dtype)."""
-    if m is None:
-        return None
-    if m.dtype == torch.bool:
-        return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
-    return m.to(dtype)
 
 
 def _expand_heads(t: Tensor, groups: int) -> Tensor:
@@ -136,10 +114,11 @@ def _keys_bias(q, call, L, S, rows: tuple[int, int], keys: list[tuple[int, int]]
     r0, r1 = rows
     parts = []
     for a, b in keys:
-        m = _bias(call.dense_mask(B, H, L, S, q.device, q.dtype, q_range=(r0, r1),
-                                  kv_range=(a, b)), q.dtype)
+        m = call.dense_mask(B, H, L, S, q.device, q.dtype, q_range=(r0, r1), kv_range=(a, b))
         if m is None:
             m = torch.zeros(1, 1, 1, b - a, dtype=q.dtype, device=q.device)
+        else:  # the fused kernel takes an additive mask
+            m = to_additive(m, q.dtype)
         parts.append(m)
     shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
     return torch.cat([p.expand(*shape, p.shape[-1]) for p in parts], dim=-1)
@@ -213,8 +192,8 @@ def _gather_call(q, k, v, call, L, S, rows: Tensor, lists: Tensor, masked: bool,
                 + torch.arange(block, device=dev).view(1, 1, -1, 1))  # (1, R, block, 1)
         kpos = (lists.to(dev).view(1, R, 1, n, 1) * block
                 + torch.arange(block, device=dev).view(1, 1, 1, 1, -1)).view(1, R, 1, n * block)
-        allowed = mask._eval(b, h, qpos, kpos, L, S).expand(nb, R, block, n * block)
-        bias = _bias(allowed, q.dtype)  # (B'|1, R, block, n*block)
+        allowed = mask.evaluate(b, h, qpos, kpos, L, S).expand(nb, R, block, n * block)
+        bias = to_additive(allowed, q.dtype)  # (B'|1, R, block, n*block)
         if nb > 1:  # a batch-dependent mask: one copy per head
             bias = bias.unsqueeze(1).expand(B, H, R, block, n * block)
             bias = bias.reshape(B * H, R, block, n * block)
@@ -255,11 +234,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
         out, lse = online_softmax_attention(q, kx, vx, call, p.needed, p.block)
         return out, None, (lse if call.need_lse else None)
 
-    # the fused kernel may turn NaN scores into a silent zero row: check inputs (O(L*D)); one
-    # reduction each (NaN/Inf propagate into a sum), the exact test only to name the culprit
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not math.isfinite(float(t.detach().sum())) and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or Inf values")
+    # non-finite inputs (which the fused kernel may turn into silent zero rows) are refused
+    # by attention() before any backend runs (its check_finite)
     block = p.block
     nq = p.needed.shape[0]
     uniq, inverse = torch.unique(p.needed, dim=0, return_inverse=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attention import AttentionCall
+from ..call import AttentionCall
 from .math import masked_scores
 
 __all__ = [

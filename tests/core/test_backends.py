@@ -308,7 +308,40 @@ def test_bad_input(args, kw, err, word, backend):
         attention(*args, backend=backend, **kw)
 
 
-@pytest.mark.parametrize("backend", ["auto", "linear", *EXACT])
+ALL = ("auto", "linear", *EXACT)
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("L", [4, 16])
+def test_non_finite_input_raises_naming_it(backend, name, bad, L):
+    """The same ValueError on every backend; unchecked, sdpa's CPU kernel at L=4 returns a
+    silent row of zeros for a NaN in q, so the check must run before the backend."""
+    seed = 1000 * L + 100 * ALL.index(backend) + 10 * "qkv".index(name) + (bad != bad)
+    g = torch.Generator().manual_seed(seed)
+    t = {n: torch.randn(2, 2, L, 8, generator=g) for n in "qkv"}
+    i, j = (int(torch.randint(0, n, (1,), generator=g)) for n in (L, 8))
+    t[name][1, 0, i, j] = bad
+    with pytest.raises(ValueError, match=f"^{name} contains NaN or Inf values$"):
+        attention(t["q"], t["k"], t["v"], backend=backend)
+
+
+def test_check_finite_off_and_output_check():
+    q, k, v = (t.detach() for t in _rand(3, 1, 2, 2, 6, 6, 8))
+    bad = q.clone()
+    bad[0, 0, 2, 1] = float("nan")
+    out = attention(bad, k, v, backend="math", check_finite=False)  # no check: NaN row back
+    assert out[0, 0, 2].isnan().all() and not out[0, 1].isnan().any()
+    plus_inf = torch.zeros(6, 6).index_fill_(1, torch.tensor([3]), float("inf"))
+    with pytest.raises(ValueError, match="from finite inputs"):
+        attention(q, k, v, attn_mask=plus_inf, backend="math")
+    # a low-precision sum that overflows is not a non-finite input
+    big = torch.full((1, 1, 64, 64), 60000.0, dtype=torch.float16)
+    attention(big * 0, big * 0, big, backend="math")
+
+
+@pytest.mark.parametrize("backend", ALL)
 def test_single_query(backend):
     q, k, v = (t.detach() for t in _rand(1, 1, 2, 2, 1, 1, 8))
     out = attention(q, k, v, backend=backend, is_causal=True)

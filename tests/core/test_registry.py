@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass
 
 import pytest
@@ -123,3 +126,54 @@ def test_shipped_weights_load_if_present():
     pytest.importorskip("attnlab.core.toy")
     for name in names:
         assert isinstance(registry.load(name), nn.Module)
+
+
+def _unannotated(**overrides):
+    return _Net(_Cfg(**overrides))
+
+
+def test_model_config_class_from_annotations():
+    assert registry.model_config_class("_registry_test_net") is _Cfg
+    registry.register(_unannotated)
+    assert registry.model_config_class("_unannotated") is None
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        registry.model_config_class("nope")
+
+
+def test_discovery_runs_once_and_reports_failures(monkeypatch):
+    """A plugin that fails to import is reported (not raised, not silent), and named when a
+    lookup misses; discovery is cached."""
+    monkeypatch.setattr(registry, "_CORE_PLUGINS", ("attnlab.core._no_such_plugin",))
+    monkeypatch.setattr(registry, "_import_failures", None)
+    failures = registry.discover()
+    assert failures and failures[0].startswith("_no_such_plugin: ModuleNotFoundError")
+    monkeypatch.setattr(registry, "_CORE_PLUGINS", ())
+    assert registry.discover() == failures  # cached: not run again
+    with pytest.raises(ValueError, match=r"unknown model 'nope'; .*failed to import: _no_such"):
+        registry.create("nope")
+
+
+def test_plain_python_discovers_models_without_the_cli():
+    """``import attnlab`` stays cheap; the first lookup finds the toy models, recipes and
+    shipped weights, as the CLI does."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import attnlab
+        assert "attnlab.core.toy" not in sys.modules, "import attnlab imported the toy"
+        assert "attnlab.core.train" not in sys.modules, "import attnlab imported the trainer"
+        model = attnlab.create("toy_test", dim=16)
+        assert model.config.dim == 16, model.config
+        assert {"toy_test", "toy_copy"} <= set(attnlab.list_models("toy_*"))
+        from attnlab.core.registry import list_weights
+        for name in list_weights():
+            if name.startswith("toy/"):
+                assert not attnlab.load(name).training
+        from attnlab.core.recipes import get_recipe
+        assert get_recipe("toy").defaults.model == "toy_copy"
+        print("ok")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

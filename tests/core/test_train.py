@@ -9,7 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -18,7 +20,18 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from attnlab.core import checkpoint as ckpt
-from attnlab.core.train import TrainConfig, Trainer, lr_at, seed_everything
+from attnlab.core import recipes, registry
+from attnlab.core.overrides import OverrideError
+from attnlab.core.train import (
+    RecipeParts,
+    TrainConfig,
+    Trainer,
+    get_recipe,
+    list_recipes,
+    lr_at,
+    register_recipe,
+    seed_everything,
+)
 
 
 class StandIn(nn.Module):
@@ -143,14 +156,98 @@ def test_config_overrides_and_errors():
     assert (cfg.lr, cfg.steps, cfg.model_args, cfg.quiet) == (0.01, 5, {"dim": 64}, True)
     with pytest.raises(ValueError, match="unknown config key 'bogus'"):
         cfg.with_overrides(["bogus=1"])
-    with pytest.raises(ValueError, match="'steps' expects int"):
+    with pytest.raises(OverrideError, match="^steps=abc: expected an int$"):
         cfg.with_overrides(["steps=abc"])
+    with pytest.raises(OverrideError, match="^precision=fp8: expected one of 'fp32', 'bf16'"):
+        cfg.with_overrides(["precision=fp8"])
+    with pytest.raises(OverrideError, match=r"^quiet=maybe: expected a bool \(true/false"):
+        cfg.with_overrides(["quiet=maybe"])
+    with pytest.raises(OverrideError, match="not of the form key=value"):
+        cfg.with_overrides(["steps"])
     with pytest.raises(ValueError, match="precision"):
         cfg.replace(precision="fp8")
     with pytest.raises(ValueError, match="unknown config key"):
         TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(OverrideError, match="^lr=fast: expected a float$"):
+        TrainConfig.from_dict({"lr": "fast"})
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
     assert "lr=0.01" in str(cfg)
+
+
+@dataclass(frozen=True)
+class _NetConfig:
+    dim: int = 8
+    ratio: float = 4.0
+    bias: bool = True
+    window: int | None = None
+    sizes: tuple[int, ...] = (2, 2)
+    norm: Literal["layer", "rms"] = "layer"
+
+
+class _Net(nn.Module):
+    def __init__(self, config: _NetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.lin = nn.Linear(config.dim, 1, bias=config.bias)
+
+
+@registry.register
+def _train_test_net(**overrides) -> _Net:
+    return _Net(_NetConfig(**overrides))
+
+
+def test_model_overrides_are_typed_by_the_builder_config():
+    cfg = TrainConfig(steps=1, model="_train_test_net", data_args={"length": 8})
+    got = cfg.with_overrides(["model.dim=16", "model.ratio=2", "model.bias=no",
+                              "model.window=none", "model.sizes=3,4", "model.norm=rms",
+                              "data.length=4", "data.extra=[1, 2]"])  # fmt: skip
+    assert got.model_args == {"dim": 16, "ratio": 2.0, "bias": False, "window": None,
+                              "sizes": (3, 4), "norm": "rms"}  # fmt: skip
+    assert got.data_args == {"length": 4, "extra": [1, 2]}
+    assert cfg.with_overrides(["model.window=5"]).model_args == {"window": 5}
+    for item, msg in [
+        ("model.dim=abc", "model.dim=abc: expected an int"),
+        ("model.ratio=big", "model.ratio=big: expected a float"),
+        ("model.bias=maybe", "model.bias=maybe: expected a bool (true/false/1/0/yes/no)"),
+        ("model.window=x", "model.window=x: expected an int or none"),
+        ("model.sizes=1,a", "model.sizes=1,a: expected a tuple of int, comma-separated"),
+        ("model.norm=batch", "model.norm=batch: expected one of 'layer', 'rms'"),
+        ("data.length=long", "data.length=long: expected an int"),
+    ]:
+        with pytest.raises(OverrideError) as exc:
+            cfg.with_overrides([item])
+        assert str(exc.value) == msg
+    with pytest.raises(OverrideError, match="unknown model key 'model.width' for "
+                       "'_train_test_net'; valid: model.dim, model.ratio, model.bias"):  # fmt: skip
+        cfg.with_overrides(["model.width=3"])
+    # the model named in the same overrides decides the types; an unknown one is refused
+    assert TrainConfig(steps=1).with_overrides(
+        ["model=_train_test_net", "model.dim=4"]
+    ).model_args == {"dim": 4}
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        TrainConfig(steps=1, model="nope").with_overrides(["model.dim=4"])
+
+
+def test_recipe_registry():
+    @register_recipe("_train_test_recipe", defaults=TrainConfig(steps=3))
+    def build(cfg: TrainConfig) -> RecipeParts:
+        """A test recipe."""
+        return RecipeParts(StandIn(), _data(32))
+
+    recipe = get_recipe("_train_test_recipe")
+    assert recipe.build is build and recipe.defaults.recipe == "_train_test_recipe"
+    assert recipe.description == "A test recipe." and "_train_test_recipe" in list_recipes()
+    assert recipes.get_recipe is get_recipe  # the trainer re-exports the recipe registry
+    with pytest.raises(ValueError, match="already registered"):
+        register_recipe("_train_test_recipe", defaults=TrainConfig(steps=3))(build)
+    with pytest.raises(ValueError, match="unknown training recipe 'nope'; valid: .*_train_test"):
+        get_recipe("nope")
+
+
+def test_unknown_recipe_names_domains_that_failed(monkeypatch):
+    monkeypatch.setattr(registry, "_import_failures", ["music: ImportError: no music21"])
+    with pytest.raises(ValueError, match=r"failed to import: music: ImportError: no music21\)"):
+        get_recipe("nope")
 
 
 def test_epochs_set_the_step_count_and_fp16_needs_cuda(tmp_path):
@@ -206,12 +303,12 @@ def test_two_process_ddp_matches_one_process(tmp_path, one_thread):
 
 def test_toy_tasks_and_causal_model():
     toy = pytest.importorskip("attnlab.core.toy")
-    task = toy.copy_task(5, length=4, vocab=10, seed=1)
+    task = toy.copy_task(5, length=4, vocab_size=11, seed=1)
     seq = torch.cat([task.tokens, task.targets[:, -1:]], dim=1)  # (N, 2n+1) rebuilt
     torch.testing.assert_close(seq[:, :4], seq[:, 5:], rtol=0, atol=0)
     assert (seq[:, 4] == 10).all() and (task.targets[:, :4] == toy.IGNORE).all()
     torch.testing.assert_close(task.targets[:, 4:], task.tokens[:, :4], rtol=0, atol=0)
-    assert torch.equal(toy.copy_task(5, length=4, vocab=10, seed=1).tokens, task.tokens)
+    assert torch.equal(toy.copy_task(5, length=4, vocab_size=11, seed=1).tokens, task.tokens)
     rec = toy.recall_task(3, length=9, distance=3, seed=2)
     torch.testing.assert_close(rec.targets[:, 3:], rec.tokens[:, :-3], rtol=0, atol=0)
     with pytest.raises(ValueError, match="distance"):
