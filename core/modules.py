@@ -14,25 +14,31 @@ Submodule names are state-dict keys and stay stable:
   self-attention:  ``qkv`` (one fused Linear, features ordered [q heads | k heads | v heads],
                    timm's layout when Hk = H), ``proj``;
   cross-attention: ``q``, ``kv`` (fused; or ``k`` and ``v`` when kdim != vdim), ``proj``;
-  positional scheme with parameters: ``pos``.
+  positional scheme with parameters: ``pos``;
+  biases that differ per projection (Whisper's key projection has none): the fused Linear has
+  no bias and the others are parameters ``q_bias`` / ``k_bias`` / ``v_bias`` (BEiT's layout).
+Checkpoints with separate q/k/v projections (Hugging Face BERT, Whisper) load through
+``load_qkv``, which writes them into the fused layout.
 
 Shape letters: B batch, H query heads, Hk key/value heads, L queries, S keys, D head dim.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
 from .kv_cache import KVCache
-from .masks import Mask
+from .masks import Mask, merge_attn_masks
 from .masks import causal as causal_mask
 from .positional import PositionScheme, build_position
 
-__all__ = ["MultiHeadAttention", "KVCache"]
+__all__ = ["MultiHeadAttention"]
 
 
 def _shapes(context) -> str:
@@ -49,7 +55,10 @@ class MultiHeadAttention(nn.Module):
         num_heads: query heads H.
         num_kv_heads: key/value heads Hk (divides H): H = GQA off, 1 = multi-query.
         head_dim: per-head width D (default dim // num_heads).
-        qkv_bias: bias in the input projections.
+        qkv_bias: bias in the input projections: one flag for all, or one per projection
+            ``(q, k, v)`` (Whisper: ``(True, False, True)``).
+        proj_bias: bias in the output projection.
+        scale: score scale (default head_dim ** -0.5).
         dropout: dropout on the attention weights and on the output (training only).
         causal: causal self-attention (aligned bottom-right while decoding with a cache).
         mask: a mask spec applied at every call (AND-ed with the call's ``mask``).
@@ -68,7 +77,9 @@ class MultiHeadAttention(nn.Module):
         *,
         num_kv_heads: int | None = None,
         head_dim: int | None = None,
-        qkv_bias: bool = True,
+        qkv_bias: bool | Sequence[bool] = True,
+        proj_bias: bool = True,
+        scale: float | None = None,
         dropout: float = 0.0,
         causal: bool = False,
         mask: Mask | None = None,
@@ -101,22 +112,30 @@ class MultiHeadAttention(nn.Module):
             dim, num_heads, num_kv_heads, head_dim)
         self.dropout, self.causal, self.mask, self.backend, self.cross = (
             dropout, causal, mask, backend, cross)
-        self.scale = head_dim**-0.5
+        if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        self.scale = head_dim**-0.5 if scale is None else float(scale)
+        qb, kb, vb = _bias_flags(qkv_bias)
+        self.qkv_bias, self._loose = (qb, kb, vb), False
         inner, kv_inner = num_heads * head_dim, num_kv_heads * head_dim
         if cross:
             kdim = dim if kdim is None else kdim
             vdim = kdim if vdim is None else vdim
             self.kdim, self.vdim = kdim, vdim
-            self.q = nn.Linear(dim, inner, bias=qkv_bias)
+            self.q = nn.Linear(dim, inner, bias=qb)
             if kdim == vdim:
-                self.kv = nn.Linear(kdim, 2 * kv_inner, bias=qkv_bias)
+                self.kv = nn.Linear(kdim, 2 * kv_inner, bias=kb and vb)
+                self._loose_bias(kv_inner, k=kb and not vb, v=vb and not kb)
             else:
-                self.k = nn.Linear(kdim, kv_inner, bias=qkv_bias)
-                self.v = nn.Linear(vdim, kv_inner, bias=qkv_bias)
+                self.k = nn.Linear(kdim, kv_inner, bias=kb)
+                self.v = nn.Linear(vdim, kv_inner, bias=vb)
         else:
             self.kdim = self.vdim = dim
-            self.qkv = nn.Linear(dim, inner + 2 * kv_inner, bias=qkv_bias)
-        self.proj = nn.Linear(inner, dim)
+            same = qb == kb == vb
+            self.qkv = nn.Linear(dim, inner + 2 * kv_inner, bias=qb and same)
+            if not same:
+                self._loose_bias(kv_inner, q=qb, k=kb, v=vb, q_size=inner)
+        self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(dropout)
         self.pos = build_position(pos, num_heads=num_heads, head_dim=head_dim, max_len=max_len,
                                   causal=causal)
@@ -124,6 +143,86 @@ class MultiHeadAttention(nn.Module):
         self._observer = None
 
     # -- projections ---------------------------------------------------------------------------
+    def _loose_bias(self, kv_inner: int, *, q: bool = False, k: bool = False, v: bool = False,
+                    q_size: int = 0) -> None:
+        """Bias parameters of the projections whose fused Linear has none."""
+        self._loose = q or k or v
+        for name, on, n in (("q_bias", q, q_size), ("k_bias", k, kv_inner),
+                            ("v_bias", v, kv_inner)):
+            if on:
+                self.register_parameter(name, nn.Parameter(torch.zeros(n)))
+
+    def _fused_bias(self, parts: Sequence[tuple[str, int]]) -> Tensor | None:
+        """The bias of a fused projection assembled from loose parts (zeros where absent)."""
+        got = [getattr(self, name, None) for name, _ in parts]
+        if all(b is None for b in got):
+            return None
+        ref = next(b for b in got if b is not None)
+        return torch.cat([b if b is not None else ref.new_zeros(n)
+                          for b, (_, n) in zip(got, parts, strict=True)])
+
+    def _qkv(self, x: Tensor) -> Tensor:
+        if not self._loose:
+            return self.qkv(x)
+        inner, kv_inner = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        bias = self._fused_bias([("q_bias", inner), ("k_bias", kv_inner), ("v_bias", kv_inner)])
+        return F.linear(x, self.qkv.weight, bias)
+
+    def _kv(self, x: Tensor) -> Tensor:
+        if not self._loose:
+            return self.kv(x)
+        kv_inner = self.num_kv_heads * self.head_dim
+        return F.linear(x, self.kv.weight, self._fused_bias([("k_bias", kv_inner),
+                                                             ("v_bias", kv_inner)]))
+
+    @torch.no_grad()
+    def load_qkv(
+        self,
+        q_weight: Tensor,
+        k_weight: Tensor,
+        v_weight: Tensor,
+        q_bias: Tensor | None = None,
+        k_bias: Tensor | None = None,
+        v_bias: Tensor | None = None,
+    ) -> None:
+        """Copy separate q/k/v projections (``nn.Linear`` layout: weight (out, in)) into this
+        module's fused or split layout, e.g. a Hugging Face BERT layer's
+        ``attention.self.{query,key,value}``.
+
+        A bias is required exactly where this module has one (``qkv_bias``); shapes are checked.
+        """
+        inner, kv_inner = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        parts = (("q", q_weight, q_bias, (inner, self.dim)),
+                 ("k", k_weight, k_bias, (kv_inner, self.kdim)),
+                 ("v", v_weight, v_bias, (kv_inner, self.vdim)))
+        for (name, w, b, shape), has_bias in zip(parts, self.qkv_bias, strict=True):
+            if not isinstance(w, Tensor) or tuple(w.shape) != shape:
+                got = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
+                raise ValueError(f"{name}_weight must have shape {shape}, got {got}")
+            if has_bias != (b is not None):
+                raise ValueError(f"{name}_bias: this module was built with qkv_bias="
+                                 f"{self.qkv_bias}; give a bias exactly where it has one")
+            if b is not None and tuple(b.shape) != (shape[0],):
+                raise ValueError(f"{name}_bias must have shape ({shape[0]},), got "
+                                 f"{tuple(b.shape)}")
+        (_, wq, bq, _), (_, wk, bk, _), (_, wv, bv, _) = parts
+        if self.cross:
+            fused = [(self.q, [(wq, bq, "q_bias")])]
+            if hasattr(self, "kv"):
+                fused.append((self.kv, [(wk, bk, "k_bias"), (wv, bv, "v_bias")]))
+            else:
+                fused += [(self.k, [(wk, bk, "k_bias")]), (self.v, [(wv, bv, "v_bias")])]
+        else:
+            fused = [(self.qkv, [(wq, bq, "q_bias"), (wk, bk, "k_bias"), (wv, bv, "v_bias")])]
+        for linear, pieces in fused:
+            linear.weight.copy_(torch.cat([w for w, _, _ in pieces]))
+            if linear.bias is not None:
+                linear.bias.copy_(torch.cat([b for _, b, _ in pieces]))
+            else:
+                for _, b, name in pieces:
+                    if b is not None:
+                        getattr(self, name).copy_(b)
+
     def _heads(self, t: Tensor, n: int) -> Tensor:
         B, L, _ = t.shape
         return t.view(B, L, n, self.head_dim).transpose(1, 2)  # (B, L, n*D) -> (B, n, L, D)
@@ -138,7 +237,7 @@ class MultiHeadAttention(nn.Module):
                 "" if self.kdim == self.vdim else f" keys and (B, S, {self.vdim}) values") +
                 f", got {_shapes(context)}")
         if hasattr(self, "kv"):
-            k, v = self.kv(kin).chunk(2, dim=-1)
+            k, v = self._kv(kin).chunk(2, dim=-1)
         else:
             k, v = self.k(kin), self.v(vin)
         return self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
@@ -168,7 +267,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("this is a self-attention layer: build it with cross=True (or "
                              "kdim/vdim) to attend to a context")
         B, L, _ = x.shape
-        qkv = self.qkv(x).view(B, L, H + 2 * Hk, self.head_dim).transpose(1, 2)
+        qkv = self._qkv(x).view(B, L, H + 2 * Hk, self.head_dim).transpose(1, 2)
         q, k, v = qkv.split([H, Hk, Hk], dim=1)  # (B, H, L, D), (B, Hk, L, D) x 2
         offset = 0 if kv_cache is None else kv_cache.length
         if self.pos is not None:
@@ -193,14 +292,7 @@ class MultiHeadAttention(nn.Module):
         score_mod = None
         if self.pos is not None:
             score_mod = self.pos.score_mod()
-            bias = self.pos.attn_bias(q, S, offset, self.scale)
-            if bias is not None:
-                if attn_mask is None:
-                    attn_mask = bias
-                elif attn_mask.dtype == torch.bool:
-                    attn_mask = bias.masked_fill(~attn_mask, float("-inf"))
-                else:
-                    attn_mask = attn_mask + bias
+            attn_mask = merge_attn_masks(attn_mask, self.pos.attn_bias(q, S, offset, self.scale))
         return dict(attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0,
                     is_causal=is_causal, scale=self.scale,
                     enable_gqa=self.num_kv_heads != self.num_heads, mask=mask,
@@ -247,19 +339,15 @@ class MultiHeadAttention(nn.Module):
             s += ", causal=True"
         if self.mask is not None:
             s += f", mask={self.mask.describe()}"
+        if self.qkv_bias != (True, True, True):
+            s += f", qkv_bias={self.qkv_bias}"
         return s
 
 
-
-_BLOCKS = ("Block", "DecoderBlock", "Mlp", "TransformerEncoder", "TransformerDecoder")
-__all__ += list(_BLOCKS)
-
-
-def __getattr__(name: str):
-    # the blocks live in core/blocks.py (which imports this file); re-exported lazily so that
-    # `from attnlab.core.modules import Block` works whichever file is imported first
-    if name in _BLOCKS:
-        from . import blocks
-
-        return getattr(blocks, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _bias_flags(qkv_bias: bool | Sequence[bool]) -> tuple[bool, bool, bool]:
+    if isinstance(qkv_bias, bool):
+        return qkv_bias, qkv_bias, qkv_bias
+    flags = tuple(qkv_bias) if isinstance(qkv_bias, Sequence) else ()
+    if len(flags) != 3 or not all(isinstance(f, bool) for f in flags):
+        raise ValueError(f"qkv_bias must be a bool or three bools (q, k, v), got {qkv_bias!r}")
+    return flags

@@ -8,8 +8,8 @@ Tasks (deterministic generators, a seed gives the same tensors on every machine)
 - **recall** ("recall the token at distance d"): random tokens, the target at position ``t``
   is the token at ``t - d``; an induction-free relative-position lookup.
 
-The model is a nanoGPT-style decoder (token + learned position embeddings, pre-norm causal
-:class:`attnlab.core.blocks.Block` layers, final norm, linear head) in timm's vocabulary.
+The model is a nanoGPT-style decoder (token + learned position embeddings, a causal pre-norm
+:class:`attnlab.core.blocks.TransformerEncoder`, linear head) in timm's vocabulary.
 ``forward(tokens)`` returns logits; ``loss(batch)`` is the training path used by the trainer.
 """
 
@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .modules import Block  # modules re-exports blocks.Block (importing blocks first is circular)
+from .blocks import TransformerEncoder
 from .registry import create, register
-from .train import RecipeParts, TrainConfig, register_recipe
+from .recipes import RecipeParts, register_recipe
+from .train_config import TrainConfig
 
 IGNORE = -100  # targets that are not scored (cross_entropy's ignore_index)
 
@@ -64,37 +65,38 @@ def _check(name: str, value: int, low: int) -> None:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def copy_task(num_samples: int, length: int = 8, vocab: int = 16, seed: int = 0) -> TokenTask:
-    """``x1..xn SEP x1..xn`` with tokens in ``[0, vocab)`` and ``SEP = vocab``.
+def copy_task(num_samples: int, length: int = 8, vocab_size: int = 17, seed: int = 0) -> TokenTask:
+    """``x1..xn SEP x1..xn`` with tokens in ``[0, vocab_size - 1)`` and ``SEP = vocab_size - 1``.
 
     Inputs are the sequence without its last token (length ``2n``), targets the sequence
     shifted by one, scored only where the copy is produced (the last ``n`` positions).
     """
     _check("num_samples", num_samples, 1)
     _check("length", length, 1)
-    _check("vocab", vocab, 2)
+    _check("vocab_size", vocab_size, 3)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, vocab, (num_samples, length), generator=g)
-    sep = torch.full((num_samples, 1), vocab)
+    x = torch.randint(0, vocab_size - 1, (num_samples, length), generator=g)
+    sep = torch.full((num_samples, 1), vocab_size - 1)
     seq = torch.cat([x, sep, x], dim=1)  # (N, 2n+1)
     tokens, targets = seq[:, :-1], seq[:, 1:].clone()
     targets[:, :length] = IGNORE  # positions 0..n-1 would predict random tokens or SEP
-    return TokenTask(tokens.contiguous(), targets, vocab + 1)
+    return TokenTask(tokens.contiguous(), targets, vocab_size)
 
 
 def recall_task(
-    num_samples: int, length: int = 16, distance: int = 3, vocab: int = 16, seed: int = 0
+    num_samples: int, length: int = 16, distance: int = 3, vocab_size: int = 16, seed: int = 0
 ) -> TokenTask:
-    """Random tokens; the target at position ``t`` is the token at ``t - distance``."""
+    """Random tokens in ``[0, vocab_size)``; the target at position ``t`` is the token at
+    ``t - distance``."""
     _check("num_samples", num_samples, 1)
     _check("distance", distance, 1)
     _check("length", length, distance + 1)
-    _check("vocab", vocab, 2)
+    _check("vocab_size", vocab_size, 2)
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, vocab, (num_samples, length), generator=g)
+    tokens = torch.randint(0, vocab_size, (num_samples, length), generator=g)
     targets = torch.full_like(tokens, IGNORE)
     targets[:, distance:] = tokens[:, :-distance]
-    return TokenTask(tokens, targets, vocab)
+    return TokenTask(tokens, targets, vocab_size)
 
 
 @dataclass(frozen=True)
@@ -128,12 +130,9 @@ class ToyLM(nn.Module):
         self.tok_embed = nn.Embedding(c.vocab_size, c.dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, c.max_len, c.dim))
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            Block(c.dim, c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
-                  dropout=c.dropout, causal=True, max_len=c.max_len)
-            for _ in range(c.depth)
-        )  # fmt: skip
-        self.norm = nn.LayerNorm(c.dim)
+        self.encoder = TransformerEncoder(
+            c.dim, c.depth, c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
+            dropout=c.dropout, causal=True, max_len=c.max_len)  # fmt: skip
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.tok_embed.weight, std=0.02)
@@ -145,9 +144,7 @@ class ToyLM(nn.Module):
         if L > self.config.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len={self.config.max_len}")
         x = self.drop(self.tok_embed(tokens) + self.pos_embed[:, :L])  # (B, L, dim)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))  # (B, L, vocab_size)
+        return self.head(self.encoder(x))  # (B, L, vocab_size)
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy over scored positions, and their token accuracy."""
@@ -193,7 +190,7 @@ def make_task(name: str, args: dict[str, Any], split: str) -> TokenTask:
     defaults=TrainConfig(
         model="toy_copy",
         data="copy",
-        data_args={"length": 8, "vocab": 16},
+        data_args={"length": 8, "vocab_size": 17},
         lr=3e-3,
         warmup_steps=50,
         steps=600,

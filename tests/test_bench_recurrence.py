@@ -25,7 +25,7 @@ def check_schema(res: dict) -> None:
         for key in ("train_step_ms", "inference_ms"):
             times = res["timing"][name][key]
             assert len(times) == len(res["timing"]["L"]) and all(t > 0 for t in times)
-    assert res["chance"] == pytest.approx(1 / res["config"]["vocab"])
+    assert res["chance"] == pytest.approx(1 / res["config"]["vocab_size"])
     assert {r["property"] for r in res["table"]} == TABLE_PROPS
     assert all(set(r) == {"property", "metric", "lstm", "attention"} for r in res["table"])
     ex = res["attention_map"]
@@ -92,23 +92,23 @@ def test_replot_rebuilds_table_and_figures_without_measuring(quick, tmp_path) ->
 
 
 def test_lstm_width_matches_parameter_formula() -> None:
-    for vocab, dim, target in [(16, 64, 52_176), (16, 32, 9_000), (7, 24, 5_000)]:
-        h = rec.lstm_hidden_for(target, vocab, dim)
-        n = rec.count_params(rec.LSTMRecall(vocab, dim, h))
-        n_up = rec.count_params(rec.LSTMRecall(vocab, dim, h + 1))
-        n_down = rec.count_params(rec.LSTMRecall(vocab, dim, h - 1))
+    for vocab_size, dim, target in [(16, 64, 52_176), (16, 32, 9_000), (7, 24, 5_000)]:
+        h = rec.lstm_hidden_for(target, vocab_size, dim)
+        n = rec.count_params(rec.LSTMRecall(vocab_size, dim, h))
+        n_up = rec.count_params(rec.LSTMRecall(vocab_size, dim, h + 1))
+        n_down = rec.count_params(rec.LSTMRecall(vocab_size, dim, h - 1))
         assert abs(n - target) <= min(abs(n_up - target), abs(n_down - target))
 
 
 def test_loss_scores_exactly_the_source_token() -> None:
     # a model that outputs one-hot logits of x[t - d] must reach accuracy 1 and ~0 loss
-    d, vocab = 5, 16
-    task = rec.recall_task(4, length=d + 7, distance=d, vocab=vocab, seed=3)
+    d, vocab_size = 5, 16
+    task = rec.recall_task(4, length=d + 7, distance=d, vocab_size=vocab_size, seed=3)
 
     class Oracle(torch.nn.Module):
         def forward(self, tokens):
             shifted = tokens.roll(d, dims=1)
-            return 50.0 * torch.nn.functional.one_hot(shifted, vocab).float()
+            return 50.0 * torch.nn.functional.one_hot(shifted, vocab_size).float()
 
     batch = {"tokens": task.tokens, "targets": task.targets}
     loss, metrics = rec.recall_loss(Oracle(), batch)

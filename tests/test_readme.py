@@ -19,3 +19,4 @@ def test_readme_python_examples_run():
     torch.testing.assert_close(ns["r"].weights.sum(-1), torch.ones(2, 8, 128))
     assert ns["maps"]["blocks.2.attn"].shape == (2, 2, 128, 128)
     assert not torch.equal(ns["y"], ns["y_ablated"])
+    assert ns["same"] is True

@@ -1,7 +1,8 @@
 """The two models of ``attnlab bench recurrence`` and how to read where they look.
 
-- :class:`AttentionRecall`: token embedding, pre-norm causal :class:`attnlab.core.blocks.Block`
-  layers with rotary positions (RoPE, Su et al. 2021), final norm, linear head;
+- :class:`AttentionRecall`: token embedding, a causal pre-norm
+  :class:`attnlab.core.blocks.TransformerEncoder` with rotary positions (RoPE, Su et al. 2021),
+  linear head;
 - :class:`LSTMRecall`: token embedding, one ``nn.LSTM`` layer (Hochreiter & Schmidhuber 1997),
   linear head, sized by :func:`lstm_hidden_for` to the attention model's parameter count;
 - :func:`recall_loss`: the trainer's ``loss_fn`` for :func:`attnlab.core.toy.recall_task`;
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.core.blocks import Block
+from attnlab.core.blocks import TransformerEncoder
 from attnlab.core.capture import record_attention
 from attnlab.core.positional import RotaryEmbedding
 from attnlab.core.toy import IGNORE
@@ -26,16 +27,16 @@ __all__ = ["AttentionRecall", "LSTMRecall", "count_params", "lstm_hidden_for", "
 
 
 class AttentionRecall(nn.Module):
-    """Token embedding, pre-norm causal blocks with RoPE, final norm, linear head.
+    """Token embedding, a causal pre-norm encoder with RoPE, linear head.
 
-    ``forward(tokens (B, L)) -> logits (B, L, vocab)``. No absolute position embedding: the
+    ``forward(tokens (B, L)) -> logits (B, L, vocab_size)``. No absolute position embedding: the
     only position signal is RoPE's relative rotation, so an offset learned at one length
     applies at every length.
     """
 
     def __init__(
         self,
-        vocab: int,
+        vocab_size: int,
         dim: int,
         depth: int,
         num_heads: int,
@@ -44,21 +45,15 @@ class AttentionRecall(nn.Module):
         max_len: int = 4096,
     ) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
+        self.embed = nn.Embedding(vocab_size, dim)
         head_dim = dim // num_heads
-        self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio=mlp_ratio, causal=True, max_len=max_len,
-                  pos=RotaryEmbedding(head_dim, base=rope_base, max_len=max_len))
-            for _ in range(depth)
-        )  # fmt: skip
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab)
+        self.encoder = TransformerEncoder(
+            dim, depth, num_heads, mlp_ratio=mlp_ratio, causal=True, max_len=max_len,
+            pos=RotaryEmbedding(head_dim, base=rope_base, max_len=max_len))  # fmt: skip
+        self.head = nn.Linear(dim, vocab_size)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        x = self.embed(tokens)  # (B, L, dim)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
+        return self.head(self.encoder(self.embed(tokens)))  # (B, L, vocab_size)
 
 
 class LSTMRecall(nn.Module):
@@ -67,11 +62,11 @@ class LSTMRecall(nn.Module):
     The forget-gate bias starts at 1 (Jozefowicz et al. 2015), the usual help for remembering.
     """
 
-    def __init__(self, vocab: int, dim: int, hidden: int) -> None:
+    def __init__(self, vocab_size: int, dim: int, hidden: int) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
+        self.embed = nn.Embedding(vocab_size, dim)
         self.rnn = nn.LSTM(dim, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, vocab)
+        self.head = nn.Linear(hidden, vocab_size)
         with torch.no_grad():  # gates are ordered (input, forget, cell, output)
             self.rnn.bias_ih_l0[hidden : 2 * hidden].fill_(1.0)
             self.rnn.bias_hh_l0[hidden : 2 * hidden].zero_()
@@ -84,15 +79,16 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def lstm_hidden_for(target: int, vocab: int, dim: int) -> int:
+def lstm_hidden_for(target: int, vocab_size: int, dim: int) -> int:
     """The LSTM width whose parameter count is closest to ``target``.
 
     An LSTM layer has 4 gates, each with input and recurrent weights and two biases:
-    4h(dim + h) + 8h; plus the embedding (vocab * dim) and the head (h * vocab + vocab).
+    4h(dim + h) + 8h; plus the embedding (vocab_size * dim) and the head
+    (h * vocab_size + vocab_size).
     """
 
     def size(h: int) -> int:
-        return vocab * dim + 4 * h * (dim + h) + 8 * h + h * vocab + vocab
+        return vocab_size * dim + 4 * h * (dim + h) + 8 * h + h * vocab_size + vocab_size
 
     return min(range(1, 8 * dim), key=lambda h: abs(size(h) - target))
 
@@ -113,9 +109,9 @@ def attention_offsets(model: AttentionRecall, tokens: Tensor, d: int) -> dict:
     Returns the best head, its mean weight on the source, how often the source is its
     argmax key, its mean weight per offset ``t - s`` and the map of the first example.
     """
-    with torch.no_grad(), record_attention(model, layers=["blocks.0.attn"]) as maps:
+    with torch.no_grad(), record_attention(model, layers=["encoder.blocks.0.attn"]) as maps:
         model(tokens)
-    w = maps["blocks.0.attn"].float()  # (B, H, L, S)
+    w = maps["encoder.blocks.0.attn"].float()  # (B, H, L, S)
     B, H, L, _ = w.shape
     t = torch.arange(d, L)
     on_src = w[:, :, t, t - d]  # (B, H, L - d)
@@ -149,10 +145,7 @@ def saliency_hit_rate(model: nn.Module, tokens: Tensor, d: int, queries: int = 8
         if isinstance(model, LSTMRecall):
             logits = model.head(model.rnn(emb)[0])
         else:
-            h = emb
-            for block in model.blocks:
-                h = block(h)
-            logits = model.head(model.norm(h))
+            logits = model.head(model.encoder(emb))
         logits[0, t, x[0, t - d]].backward()
         hits += int(emb.grad[0].norm(dim=-1).argmax()) == t - d
     return hits / len(qs)

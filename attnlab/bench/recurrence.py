@@ -7,8 +7,9 @@ same parameter count, trained by the shared trainer (:class:`attnlab.core.train.
 the same steps, batch and schedule for every d:
 
 - an LSTM (Hochreiter & Schmidhuber 1997): embedding, one ``nn.LSTM`` layer, linear head;
-- a causal attention model (Vaswani et al. 2017) built from :class:`attnlab.core.blocks.Block`
-  with rotary positions (RoPE, Su et al. 2021), so a score can depend on the offset ``t - s``.
+- a causal attention model (Vaswani et al. 2017) built on
+  :class:`attnlab.core.blocks.TransformerEncoder` with rotary positions (RoPE, Su et al.
+  2021), so a score can depend on the offset ``t - s``.
 
 Measured: accuracy against d; training-step and inference time against L (the LSTM runs L
 sequential steps of O(dim^2) work, attention one parallel layer of O(L^2 * dim) work); the
@@ -62,7 +63,7 @@ class BenchConfig:
     """The experiment. Defaults are the shipped run (< 10 min on 2 CPU cores)."""
 
     distances: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
-    vocab: int = 16
+    vocab_size: int = 16
     scored: int = 32  # supervised positions per sequence; length = d + scored
     steps: int = 300
     batch_size: int = 16
@@ -94,10 +95,10 @@ QUICK = BenchConfig(
 def build_models(cfg: BenchConfig, max_len: int = 4096) -> dict[str, nn.Module]:
     """Freshly initialised ``{"lstm": ..., "attention": ...}`` of matched size."""
     attn = AttentionRecall(
-        cfg.vocab, cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.rope_base, max_len
+        cfg.vocab_size, cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.rope_base, max_len
     )
-    hidden = lstm_hidden_for(count_params(attn), cfg.vocab, cfg.dim)
-    return {"lstm": LSTMRecall(cfg.vocab, cfg.dim, hidden), "attention": attn}
+    hidden = lstm_hidden_for(count_params(attn), cfg.vocab_size, cfg.dim)
+    return {"lstm": LSTMRecall(cfg.vocab_size, cfg.dim, hidden), "attention": attn}
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -108,11 +109,15 @@ def train_model(model: nn.Module, d: int, cfg: BenchConfig, lr: float, out_dir: 
         cfg.steps * cfg.batch_size,
         length=length,
         distance=d,
-        vocab=cfg.vocab,
+        vocab_size=cfg.vocab_size,
         seed=cfg.seed * 10_000 + 2 * d,
     )
     eval_set = recall_task(
-        cfg.num_eval, length=length, distance=d, vocab=cfg.vocab, seed=cfg.seed * 10_000 + 2 * d + 1
+        cfg.num_eval,
+        length=length,
+        distance=d,
+        vocab_size=cfg.vocab_size,
+        seed=cfg.seed * 10_000 + 2 * d + 1,
     )
     tc = TrainConfig(
         lr=lr,
@@ -165,7 +170,7 @@ def time_models(models: dict[str, nn.Module], cfg: BenchConfig, passes: int = 2)
     for _ in range(passes):
         for L in cfg.timing_lengths:
             g = torch.Generator().manual_seed(L)
-            x = torch.randint(0, cfg.vocab, (cfg.timing_batch, L), generator=g)
+            x = torch.randint(0, cfg.vocab_size, (cfg.timing_batch, L), generator=g)
             batch = {"tokens": x, "targets": x.roll(1, dims=1)}
             for name, model in models.items():
 
@@ -195,7 +200,7 @@ def flops_per_token(name: str, model: nn.Module, L: int) -> float:
     if name == "lstm":
         h, dim = model.rnn.hidden_size, model.rnn.input_size
         return 2 * 4 * h * (dim + h)  # the same for every L: O(1) per step, O(L) per sequence
-    blk = model.blocks[0]
+    blk = model.encoder.blocks[0]
     dim, hidden = blk.attn.dim, blk.mlp.fc1.out_features
     proj = 2 * 4 * dim * dim + 2 * 2 * dim * hidden  # q, k, v, out projections and the MLP
     return proj + 2 * 2 * (L / 2) * dim  # scores and weighted values grow with L
@@ -257,7 +262,7 @@ def run(cfg: BenchConfig = BenchConfig(), log=print) -> dict[str, Any]:
         "config": dataclasses.asdict(cfg),
         "params": params,
         "lstm_hidden": sizes["lstm"].rnn.hidden_size,
-        "chance": 1.0 / cfg.vocab,
+        "chance": 1.0 / cfg.vocab_size,
         "accuracy": {
             "d": list(cfg.distances),
             **{k: [r["accuracy"] for r in v] for k, v in per_d.items()},

@@ -104,7 +104,7 @@ def test_encoder_fused_equals_explicit(pos):
 
 def test_decoder_fused_equals_explicit():
     torch.manual_seed(5)
-    dec = TransformerDecoder(32, 2, 4, context_dim=24, pos="rope").eval()
+    dec = TransformerDecoder(32, 2, 4, kdim=24, pos="rope").eval()
     x, ctx = torch.randn(2, 6, 32), torch.randn(2, 5, 24)
     ctx_mask = masks.key_padding(torch.tensor([5, 3]))
     fused = dec(x, ctx, context_mask=ctx_mask)
@@ -131,7 +131,7 @@ def test_kv_cache_decoding_equals_full_causal_forward(pos, num_kv_heads):
 
 def test_decoder_cache_equals_full_forward_and_projects_context_once():
     torch.manual_seed(7)
-    dec = TransformerDecoder(32, 2, 4, context_dim=24, pos="alibi", num_kv_heads=2).eval()
+    dec = TransformerDecoder(32, 2, 4, kdim=24, pos="alibi", num_kv_heads=2).eval()
     x, ctx = torch.randn(2, 6, 32), torch.randn(2, 5, 24)
     full = dec(x, ctx)
     cache = dec.make_cache()
