@@ -129,7 +129,8 @@ class Block(nn.Module):
 
     Args mirror ``MultiHeadAttention``, plus:
         norm: 'pre' (x + f(norm(x))) or 'post' (norm(x + f(x))).
-        mlp_ratio: MLP width as a multiple of ``dim``.
+        mlp_ratio: MLP width as a multiple of ``dim``; 0 builds an attention-only block (no
+            ``norm2``/``mlp``), as in Elhage et al. 2021's attention-only transformers.
         proj_bias: bias in the attention's output projection. mlp_bias: bias in fc1/fc2.
         act: MLP activation (name or module class).
         init_values: layer scale's initial value; None = no layer scale.
@@ -169,9 +170,13 @@ class Block(nn.Module):
             proj_bias=proj_bias, dropout=dropout, causal=causal, mask=mask, pos=pos,
             max_len=max_len, backend=backend)
         self.ls1, self.drop_path1 = _branch_tail(dim, init_values, drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, act=act, bias=mlp_bias)
-        self.ls2, self.drop_path2 = _branch_tail(dim, init_values, drop_path)
+        if mlp_ratio < 0:
+            raise ValueError(f"mlp_ratio must be >= 0, got {mlp_ratio}")
+        self.mlp: Mlp | None = None
+        if mlp_ratio > 0:
+            self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, act=act, bias=mlp_bias)
+            self.ls2, self.drop_path2 = _branch_tail(dim, init_values, drop_path)
 
     def forward(self, x: Tensor, *, mask: Mask | None = None, attn_mask: Tensor | None = None,
                 kv_cache: KVCache | None = None) -> Tensor:
@@ -180,8 +185,12 @@ class Block(nn.Module):
 
         if self.pre_norm:
             x = x + self.drop_path1(self.ls1(attn(self.norm1(x))))
+            if self.mlp is None:
+                return x
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         x = self.norm1(x + self.drop_path1(self.ls1(attn(x))))
+        if self.mlp is None:
+            return x
         return self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
 
 

@@ -242,3 +242,21 @@ def test_post_norm_decoder_cache_equals_full_forward(norm):
     steps = torch.cat([dec(x[:, i : i + 1], ctx, cache=cache) for i in range(5)], 1)
     torch.testing.assert_close(steps, full, **TOL)
     assert isinstance(dec.blocks[0], DecoderBlock) and hasattr(dec.blocks[0], "ls3")
+
+
+def test_attention_only_block():
+    """mlp_ratio=0: x + attn(norm(x)) and nothing else (Elhage et al. 2021)."""
+    torch.manual_seed(13)
+    blk = Block(16, 2, mlp_ratio=0, causal=True).eval()
+    assert blk.mlp is None and not any(k.startswith(("mlp", "norm2")) for k in blk.state_dict())
+    _randomise(blk, 14)
+    x = torch.randn(2, 6, 16)
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril()
+    ref = x.double() + _reference_attention(blk.attn, _ln(x.double(), blk.norm1), allowed)
+    torch.testing.assert_close(blk(x), ref.float(), **TOL)
+    post = Block(16, 2, mlp_ratio=0, norm="post").eval()
+    _randomise(post, 15)
+    ref = _ln(x.double() + _reference_attention(post.attn, x.double()), post.norm1)
+    torch.testing.assert_close(post(x), ref.float(), **TOL)
+    with pytest.raises(ValueError, match="mlp_ratio"):
+        Block(16, 2, mlp_ratio=-1)
