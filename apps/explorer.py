@@ -155,7 +155,7 @@ def explore(
             f"{diff:.2e}" + (f" (on {len(ref.rows)} sampled query rows)" if ref.sampled else ""),
         ),
         (
-            "time (median)",
+            "time (best run)",
             f"{secs * 1e3:.2f} ms over {runs} run(s), {flops / secs / 1e9:.3g} useful GFLOP/s",
         ),
         ("peak memory (measured)", lab.fmt_bytes(peak)),

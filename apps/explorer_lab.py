@@ -14,16 +14,15 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from attnlab.core import attention, masks
+from attnlab.core import attention, masks, timing
 from attnlab.core.attention import BACKENDS, AttentionCall, choose_backend
 from attnlab.core.backends.math import masked_scores, safe_softmax
+from attnlab.core.timing import peak_bytes
 
 from .explorer_inputs import INPUT_KINDS, make_inputs
 
@@ -46,6 +45,7 @@ __all__ = [
     "reference",
     "Reference",
     "measure",
+    "peak_bytes",
     "fmt_bytes",
 ]
 
@@ -376,48 +376,21 @@ def reference(
 
 
 def measure(fn, max_seconds: float = 1.0, repeats: int = 5, first: float | None = None):
-    """Median wall time of ``fn()`` and its peak allocation, measured once with the profiler.
+    """Time ``fn()`` and its peak allocation with the harness `attnlab bench` uses
+    (``attnlab.core.timing``), so the explorer's rows compare with the shipped ones.
 
     Args:
         fn: the call to measure.
-        max_seconds: time budget of the repeats (a call slower than half of it runs once).
+        max_seconds: time budget of the repeats.
         repeats: at most this many timed runs.
-        first: seconds of a run the caller already made (it served as the warm-up; if it was
-            slow it is the timing, and the call is not repeated).
+        first: seconds of a run the caller already made (it served as the warm-up; if it took
+            half the budget or more it is the timing, and the call is not repeated).
 
     Returns:
-        (median seconds, runs timed, peak bytes allocated during one call).
+        (best seconds, runs timed, peak bytes allocated during one call).
     """
-    if first is None:
-        t0 = time.perf_counter()
-        fn()  # warm-up (first-call dispatch, allocator)
-        first = time.perf_counter() - t0
-    times = [first]
-    if first < max_seconds / 2:
-        times = []
-        while len(times) < repeats and sum(times) < max_seconds:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), len(times), peak_bytes(fn)
-
-
-def peak_bytes(fn) -> int:
-    """Peak of the running total of CPU allocations during ``fn()`` (torch profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]"
-    )
-    cur = peak = 0
-    for _, n in events:
-        cur += n
-        peak = max(peak, cur)
-    return int(peak)
+    m = timing.measure(fn, repeats=repeats, budget_s=max_seconds, first=first)
+    return m.best, m.runs, m.peak_bytes
 
 
 def run_backend(name: str, q: Tensor, k: Tensor, v: Tensor, mask: masks.Mask) -> Tensor:

@@ -32,7 +32,7 @@ def test_explorer_runs_a_local_window(suite_url, browser_page):
     results.get_by_text("output max abs diff vs math").wait_for()
     text = results.inner_text()
     assert "causal window 6" in text
-    assert "peak memory" in text and "time (median)" in text
+    assert "peak memory" in text and "time (best run)" in text
     page.wait_for_selector("#explorer-head-view .attn-hv-svg")  # the head view's JS ran
     shot = SHOTS / "explorer.png"
     page.screenshot(path=str(shot), full_page=True)
