@@ -22,6 +22,7 @@ import gradio as gr
 import torch
 
 from attnlab.apps import explorer_lab as lab
+from attnlab.apps import guard
 from attnlab.apps.views import head_view_html, head_view_js, heatmap, plot_bench
 from attnlab.core import attention, masks
 
@@ -29,6 +30,8 @@ __all__ = [
     "ExploreResult",
     "explore",
     "run_explorer",
+    "run_explorer_quick",
+    "run_explorer_long",
     "refusal",
     "param_visibility",
     "load_bench_results",
@@ -38,7 +41,7 @@ __all__ = [
     "build",
 ]
 
-CONCURRENCY_ID = "explorer_cpu"  # timing listeners share the CPU: one at a time
+CONCURRENCY_ID = "explorer_cpu"  # quick timing requests share the CPU: one at a time
 PARAMS = ("window", "symmetric", "valid_keys", "n_docs", "prefix", "kv_len")
 _PARAMS_OF = {
     "local window": ("window", "symmetric"),
@@ -49,7 +52,8 @@ _PARAMS_OF = {
 }
 REMEASURE_MASKS = ("full", "causal", "causal window 256")
 REMEASURE_LENGTHS = (256, 512, 1024, 2048)
-_HEAD_VIEW_MAX = 4_000_000  # weights entries (H * L * S) materialised for the head view
+_HEAD_VIEW_MAX = lab.HEAD_VIEW_MAX
+LONG_QUEUE_ID = "explorer_long"  # requests estimated above lab.QUICK_SECONDS: their own queue
 
 
 @dataclass
@@ -193,22 +197,57 @@ def run_explorer(
     kv_len,
     head,
 ):
-    """Gradio handler of the Run button: `explore`. A setting that cannot run clears the
-    pictures and puts the reason in the page (and in a warning toast): never a traceback."""
-    try:
-        r = explore(
-            mask_kind, L, heads, backend, input_kind, seed, window, symmetric,
-            valid_keys, n_docs, prefix, kv_len, head,
-        )  # fmt: skip
-    except ValueError as e:
-        return None, None, "", refusal(str(e))
+    """`explore` for the page: the pictures, the head view and the table. A setting that cannot
+    run raises ``gr.Error`` with the reason (shown as a message in the page): never a
+    traceback."""
+    r = _explore_for_page(mask_kind, L, heads, backend, input_kind, seed, window, symmetric,
+                          valid_keys, n_docs, prefix, kv_len, head)  # fmt: skip
     return r.allowed, r.used, r.head_view, r.table
 
 
-def refusal(message: str, title: str = "Cannot run this setting") -> str:
-    """Markdown shown in place of the results, plus a warning toast when a page is open."""
-    gr.Warning(message, title=title)
-    return f"### ⚠ {title}\n\n{message}"
+@guard.user_errors
+def _explore_for_page(mask_kind, L, heads, backend, input_kind, seed, *rest) -> ExploreResult:
+    if not isinstance(input_kind, str) or input_kind not in lab.INPUT_KINDS:
+        raise ValueError(f"input must be one of {', '.join(lab.INPUT_KINDS)}; got {input_kind!r}")
+    seed = lab._int(seed, "seed", 0, 2**31 - 1)
+    return explore(mask_kind, L, heads, backend, input_kind, seed, *rest)
+
+
+def run_explorer_quick(*form):
+    """The Run button, on the shared quick queue: runs a setting estimated to take at most
+    ``lab.QUICK_SECONDS``; a longer one is handed to ``run_explorer_long`` (its own queue, one at
+    a time) through the returned state, so that it never holds up quick requests."""
+    prob, name = _validate(*form)
+    secs = lab.estimate_request_seconds(name, prob)
+    if secs > lab.QUICK_SECONDS:
+        note = (f"Running on the long-request queue (about {secs:.0f} s estimated on this CPU; "
+                "other long requests may be ahead).")
+        return gr.skip(), gr.skip(), gr.skip(), note, list(form)
+    return (*run_explorer(*form), None)
+
+
+def run_explorer_long(pending):
+    """Second step of the Run button: runs the long request ``run_explorer_quick`` left."""
+    if not pending:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    if not isinstance(pending, (list, tuple)) or len(pending) != 13:
+        raise refusal("This long request was lost: press Run again.")
+    return run_explorer(*pending)
+
+
+@guard.user_errors
+def _validate(mask_kind, L, heads, backend, input_kind, seed, window, symmetric, valid_keys,
+              n_docs, prefix, kv_len, head) -> tuple[lab.Problem, str]:
+    """Check the form and the cost without allocating anything (the refusal as gr.Error)."""
+    prob = lab.make_mask(mask_kind, L, window=window, symmetric=symmetric,
+                         valid_keys=valid_keys, n_docs=n_docs, prefix=prefix, kv_len=kv_len,
+                         heads=heads, backend=backend)  # fmt: skip
+    return prob, lab.check_fits(prob)
+
+
+def refusal(message: str, title: str = "Cannot run this setting") -> gr.Error:
+    """The ``gr.Error`` that carries a refusal to the page (raise it)."""
+    return guard.refuse(message, title)
 
 
 def param_visibility(mask_kind: str) -> list[dict]:
@@ -321,11 +360,8 @@ def remeasure(mask_kind: str, lengths, heads: int = 8) -> list[dict]:
 
 
 def run_remeasure(mask_kind, lengths):
-    """Gradio handler of the re-measure button (a refusal is shown in the page)."""
-    try:
-        rows = remeasure(mask_kind, lengths)
-    except ValueError as e:
-        return None, refusal(str(e), "Cannot re-measure")
+    """Gradio handler of the re-measure button (a refusal is raised as ``gr.Error``)."""
+    rows = guard.user_errors(remeasure)(mask_kind, lengths)
     img = plot_bench(rows, title=f"measured now: {mask_kind}, forward, B·H = 8, D = 64")
     return img, _table(rows)
 
@@ -383,31 +419,31 @@ def build() -> gr.Blocks:
                     mask = gr.Dropdown(
                         list(lab.MASK_KINDS), value="causal", label="mask", elem_id="explorer-mask"
                     )
-                    window = gr.Number(
+                    window = guard.Number(
                         8, precision=0, label="window w", visible=False, elem_id="explorer-window"
                     )
-                    symmetric = gr.Checkbox(
+                    symmetric = guard.Checkbox(
                         False, label="symmetric window (w // 2 each side)", visible=False
                     )
-                    valid = gr.Number(
+                    valid = guard.Number(
                         20, precision=0, label="valid keys (the rest is padding)", visible=False
                     )
-                    n_docs = gr.Slider(1, 16, 3, step=1, label="documents", visible=False)
-                    prefix = gr.Number(6, precision=0, label="prefix length", visible=False)
-                    kv_len = gr.Number(16, precision=0, label="Lk (keys)", visible=False)
-                    L = gr.Number(
+                    n_docs = guard.Slider(1, 16, 3, step=1, label="documents", visible=False)
+                    prefix = guard.Number(6, precision=0, label="prefix length", visible=False)
+                    kv_len = guard.Number(16, precision=0, label="Lk (keys)", visible=False)
+                    L = guard.Number(
                         32,
                         precision=0,
                         minimum=2,
                         maximum=lab.MAX_L,
                         label=f"L (queries, 2 to {lab.MAX_L})",
                     )
-                    heads = gr.Slider(1, 16, 4, step=1, label="heads")
+                    heads = guard.Slider(1, 16, 4, step=1, label="heads")
                     backend = gr.Radio(list(lab.BACKEND_CHOICES), value="auto", label="backend")
                     inputs = gr.Radio(list(lab.INPUT_KINDS), value="sentence", label="input")
                     with gr.Row():
-                        seed = gr.Number(0, precision=0, label="seed", min_width=80)
-                        head = gr.Number(
+                        seed = guard.Number(0, precision=0, label="seed", min_width=80)
+                        head = guard.Number(
                             0, precision=0, minimum=0, label="head to draw", min_width=80
                         )
                     run = gr.Button("Run", variant="primary", elem_id="explorer-run")
@@ -433,12 +469,21 @@ def build() -> gr.Blocks:
                     hv = gr.HTML("", js_on_load=head_view_js(), elem_id="explorer-head-view")
             params = [window, symmetric, valid, n_docs, prefix, kv_len]
             mask.change(param_visibility, mask, params, api_name="explorer_params", queue=False)
+            pending = gr.State(None)
+            outputs = [allowed, used, hv, table]
             run.click(
-                run_explorer,
+                run_explorer_quick,
                 [mask, L, heads, backend, inputs, seed, *params, head],
-                [allowed, used, hv, table],
+                [*outputs, pending],
                 api_name="explorer_run",
                 concurrency_id=CONCURRENCY_ID,
+                concurrency_limit=1,
+            ).then(
+                run_explorer_long,
+                pending,
+                outputs,
+                api_name="explorer_run_long",
+                concurrency_id=LONG_QUEUE_ID,
                 concurrency_limit=1,
             )
         with gr.Tab("Complexity"):
@@ -456,7 +501,7 @@ def build() -> gr.Blocks:
             gr.Markdown("#### Re-measure now (small L, on this machine, forward only)")
             with gr.Row():
                 rm_mask = gr.Dropdown(list(REMEASURE_MASKS), value="causal", label="mask")
-                rm_len = gr.CheckboxGroup(
+                rm_len = guard.CheckboxGroup(
                     list(REMEASURE_LENGTHS), value=[256, 512, 1024], label="L"
                 )
                 rm_btn = gr.Button("Re-measure", elem_id="complexity-remeasure")
@@ -471,7 +516,7 @@ def build() -> gr.Blocks:
                 [rm_mask, rm_len],
                 [live, live_table],
                 api_name="complexity_remeasure",
-                concurrency_id=CONCURRENCY_ID,
+                concurrency_id=LONG_QUEUE_ID,
                 concurrency_limit=1,
             )
         with gr.Tab("Attention vs recurrence"):

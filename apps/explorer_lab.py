@@ -21,7 +21,7 @@ from torch import Tensor
 
 from attnlab.core import attention, masks, timing
 from attnlab.core.attention import BACKENDS, AttentionCall, choose_backend
-from attnlab.core.backends.math import masked_scores, safe_softmax
+from attnlab.core.backends.math import safe_softmax
 from attnlab.core.timing import peak_bytes
 
 from .explorer_inputs import INPUT_KINDS, make_inputs
@@ -37,6 +37,8 @@ __all__ = [
     "make_inputs",
     "estimate_bytes",
     "estimate_seconds",
+    "estimate_request_seconds",
+    "QUICK_SECONDS",
     "memory_budget",
     "allowed_count",
     "check_fits",
@@ -55,7 +57,10 @@ HEAD_DIM = 64
 MAX_L = 16384
 # sustained float32 throughput per backend on a 2-core CPU (NOTES.md), for time estimates only
 _RATE = {"math": 40e9, "sdpa": 120e9, "tiled": 60e9, "linear": 20e9}
-_MAX_SECONDS = 10.0
+_MAX_SECONDS = 10.0  # refuse a request estimated to take longer (estimate_request_seconds)
+QUICK_SECONDS = 1.5  # requests estimated above this run on the long-job queue
+REFERENCE_FLOPS = 5e9  # cost cap of the math reference: rows are sampled above it
+HEAD_VIEW_MAX = 4_000_000  # weights entries (H * L * S) materialised for the head view
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,20 @@ def estimate_seconds(backend: str, prob: Problem, D: int = HEAD_DIM) -> float:
     return flops / _RATE[backend]
 
 
+def estimate_request_seconds(backend: str, prob: Problem, D: int = HEAD_DIM) -> float:
+    """Rough wall time of a whole explorer request: the first run, the memory-measuring run and
+    the timed repeats (1 s budget), the `math` reference (at most ``REFERENCE_FLOPS``), the
+    head view's weights when they are drawn, and the pictures."""
+    run = estimate_seconds(backend, prob, D)
+    runs = 2 * run + min(1.0, 4 * run)
+    H, L, S = prob.heads, prob.L, prob.S
+    ref_scores = min(H * L * S, REFERENCE_FLOPS / (4.0 * D))
+    # matmuls at the math rate, plus ~8 elementwise passes over the scores (~1 ns each)
+    per_score = 4.0 * D / _RATE["math"] + 8e-9
+    head_view = H * L * S * per_score if H * L * S <= HEAD_VIEW_MAX else 0.0
+    return runs + ref_scores * per_score + head_view + 0.3
+
+
 def approx_pairs(prob: Problem) -> float:
     """Allowed (query, key) pairs, estimated from the mask's block layout without evaluating
     any block (a partial block counts half): cheap even at L = 16384."""
@@ -264,13 +283,13 @@ def check_fits(prob: Problem) -> str:
     name = resolve_backend(prob)
     budget = memory_budget()
     need = estimate_bytes(name, prob)
-    secs = estimate_seconds(name, prob)
+    secs = estimate_request_seconds(name, prob)
     if need <= budget and secs <= _MAX_SECONDS:
         return name
     fits = [
         b
         for b in available_backends()
-        if estimate_bytes(b, prob) <= budget and estimate_seconds(b, prob) <= _MAX_SECONDS
+        if estimate_bytes(b, prob) <= budget and estimate_request_seconds(b, prob) <= _MAX_SECONDS
     ]
     alt = ", ".join(f"{b} (~{fmt_bytes(estimate_bytes(b, prob))})" for b in fits)
     if need > budget:
@@ -282,8 +301,9 @@ def check_fits(prob: Problem) -> str:
         )
     else:
         why = (
-            f"The {name} backend would take about {secs:.0f} s at L = {prob.L} with "
-            f"{prob.heads} heads on this CPU; this demo allows {_MAX_SECONDS:.0f} s."
+            f"With the {name} backend this request would take about {secs:.0f} s at "
+            f"L = {prob.L} with {prob.heads} heads on this CPU (runs, reference, pictures); "
+            f"this demo allows {_MAX_SECONDS:.0f} s."
         )
     hint = f" Backends that fit: {alt}." if alt else " Reduce L or the number of heads."
     raise ValueError(why + hint)
@@ -314,15 +334,6 @@ class Reference:
     sampled: bool  # only the first rows of each query block were computed (long inputs)
 
 
-def _accumulate(dst: Tensor, x: Tensor, r0: int, fq: int) -> None:
-    """Add the rows of ``x`` (r, n), which start at row ``r0`` (a multiple of fq), to their
-    query blocks of ``dst`` (nq, n). Slicing, not index_add_: many small calls stay cheap."""
-    r = x.shape[0]
-    n = -(-r // fq)
-    x = torch.nn.functional.pad(x, (0, 0, 0, n * fq - r)).view(n, fq, -1).sum(1)  # (n, n_cols)
-    dst[r0 // fq : r0 // fq + n] += x
-
-
 def reference(
     q: Tensor,
     k: Tensor,
@@ -331,46 +342,55 @@ def reference(
     head: int = 0,
     max_cells: int = 512,
     chunk_bytes: int = 64 * 2**20,
-    max_flops: float = 5e9,
+    max_flops: float = REFERENCE_FLOPS,
 ) -> Reference:
-    """The `math` backend's output by query chunks (memory O(chunk * S)), and the weights of
-    one head pooled to at most ``max_cells`` per axis (keys summed, queries averaged).
+    """The `math` reference output (materialised softmax(QKᵀ/√d)V) at the query rows it
+    covers, and the weights of one head pooled to at most ``max_cells`` per axis (keys summed,
+    queries averaged).
 
     When the full reference would cost more than ``max_flops``, only the first rows of each
     pooled query block are computed (evenly spread over the sequence): the picture keeps its
-    shape and the output difference is measured on those rows.
+    shape and the output difference is measured on those rows. Rows are gathered into a few
+    large batches (memory O(chunk * S)): many small tensor calls are slow when other requests
+    share the cores (each waits for the thread pool).
     """
     _, H, L, D = q.shape
     S = k.shape[2]
-    call = _call(mask, D)
+    scale = 1.0 / math.sqrt(D)
     fq, fk = -(-L // max_cells), -(-S // max_cells)
     nq, nk = -(-L // fq), -(-S // fk)
     per_block = min(fq, max(1, int(fq * max_flops / (4.0 * H * L * S * D))))
-    if per_block == fq:  # everything, in chunks of whole pooled blocks
-        step = max(fq, (chunk_bytes // (H * S * 4 * 3)) // fq * fq)
-        segments = [(r0, min(L, r0 + step)) for r0 in range(0, L, step)]
+    if per_block == fq:
+        rows = torch.arange(L)
     else:
-        segments = [(b * fq, min(L, b * fq + per_block)) for b in range(nq)]
+        rows = (torch.arange(nq)[:, None] * fq + torch.arange(per_block)[None]).flatten()
+        rows = rows[rows < L]
     kcount = torch.full((nk,), float(fk))
     kcount[-1] = S - (nk - 1) * fk
-    w_sum, a_sum, n_rows = torch.zeros(nq, nk), torch.zeros(nq, nk), torch.zeros(nq)
-    outs, rows = [], []
-    for r0, r1 in segments:
-        s = masked_scores(q[:, :, r0:r1], k, call, q_offset=r0, L=L, S=S)
-        w, _ = safe_softmax(s)  # (1, H, r, S)
-        outs.append(w @ v)
-        idx = torch.arange(r0, r1)
-        rows.append(idx)
+    w_sum, a_sum = torch.zeros(nq, nk), torch.zeros(nq, nk)
+    step = max(1, chunk_bytes // (H * S * 4 * 3))
+    kv_idx = torch.arange(S).view(1, 1, 1, -1)
+    zero = torch.zeros(1, 1, 1, 1, dtype=torch.long)
+    outs = []
+    for i in range(0, rows.numel(), step):
+        idx = rows[i : i + step]
+        s = torch.matmul(q[:, :, idx], k.transpose(-2, -1)) * scale  # (1, H, r, S)
+        if mask is not None:
+            heads = torch.arange(H).view(1, -1, 1, 1) if mask.num_heads else zero
+            ok = mask.evaluate(zero, heads, idx.view(1, 1, -1, 1), kv_idx, L, S)
+            s = s.masked_fill(~ok, float("-inf"))
+        w, _ = safe_softmax(s)
+        outs.append(torch.matmul(w, v))
         # keys pooled by reshaping (padded to whole blocks), queries by their block index
         wk = torch.nn.functional.pad(w[0, head], (0, nk * fk - S)).view(-1, nk, fk).sum(-1)
-        ok = torch.isfinite(s[0, head]).float()
-        ak = torch.nn.functional.pad(ok, (0, nk * fk - S)).view(-1, nk, fk).sum(-1) / kcount
-        _accumulate(w_sum, wk, r0, fq)
-        _accumulate(a_sum, ak, r0, fq)
-        _accumulate(n_rows[:, None], torch.ones(r1 - r0, 1), r0, fq)
-    n_rows = n_rows.clamp_min(1)[:, None]
+        alive = torch.isfinite(s[0, head]).float()
+        ak = torch.nn.functional.pad(alive, (0, nk * fk - S)).view(-1, nk, fk).sum(-1) / kcount
+        blocks = idx // fq
+        w_sum.index_add_(0, blocks, wk)
+        a_sum.index_add_(0, blocks, ak)
+    n_rows = torch.bincount(rows // fq, minlength=nq).clamp_min(1).float()[:, None]
     return Reference(
-        out=torch.cat(outs, dim=2), rows=torch.cat(rows), weights=w_sum / n_rows,
+        out=torch.cat(outs, dim=2), rows=rows, weights=w_sum / n_rows,
         allowed=a_sum / n_rows, factors=(fq, fk), sampled=per_block < fq,
     )  # fmt: skip
 

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .blocks import TransformerEncoder
-from .registry import create, register
 from .recipes import RecipeParts, register_recipe
+from .registry import create, register
 from .train_config import TrainConfig
 
 IGNORE = -100  # targets that are not scored (cross_entropy's ignore_index)

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -120,9 +121,10 @@ def test_sentence_example_has_meaningful_heads():
 )
 def test_bad_form_values_give_readable_errors(mask, kw, needle):
     form = {**FORM, **kw}
-    allowed, used, hv, table = ex.run_explorer(mask, 32, 2, "auto", "random", 0, *form.values(), 0)
-    assert allowed is None and used is None and hv == ""
-    assert table.startswith("### ⚠ Cannot run this setting") and needle in table
+    with pytest.raises(gr.Error, match=needle):
+        ex.run_explorer(mask, 32, 2, "auto", "random", 0, *form.values(), 0)
+    with pytest.raises(gr.Error, match=needle):  # refused before it reaches any queue
+        ex.run_explorer_quick(mask, 32, 2, "auto", "random", 0, *form.values(), 0)
 
 
 def test_bad_length_head_and_names():
@@ -138,14 +140,23 @@ def test_bad_length_head_and_names():
         ex.explore("diagonal", 8, 2, "math", draw=False)
 
 
+def test_too_slow_is_refused_before_allocating(monkeypatch):
+    monkeypatch.setattr(lab, "make_inputs", lambda *a, **k: 1 / 0)
+    # sdpa itself is ~9 s here; its timing and memory runs and the reference make it ~20 s
+    with pytest.raises(gr.Error, match="would take about .* s .* allows 10 s"):
+        ex.run_explorer("full", 16384, 16, "sdpa", "random", 0, *FORM.values(), 0)
+
+
 def test_too_large_for_memory_is_refused_before_allocating(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("inputs were allocated before the memory check")
 
     monkeypatch.setattr(lab, "make_inputs", boom)
     monkeypatch.setenv("ATTNLAB_EXPLORER_MAX_MB", "2048")
-    msg = ex.run_explorer("full", 16384, 16, "math", "random", 0, *FORM.values(), 0)[3]
-    assert "math backend would need about 48.1 GB" in msg and "2.0 GB per run" in msg
+    with pytest.raises(gr.Error) as err:
+        ex.run_explorer("full", 16384, 2, "math", "random", 0, *FORM.values(), 0)
+    msg = err.value.message
+    assert "math backend would need about 6.0 GB" in msg and "2.0 GB per run" in msg
     assert "Backends that fit:" in msg and "sdpa" in msg
 
 
@@ -186,8 +197,10 @@ def test_remeasure_small_lengths():
     assert {r["backend"] for r in rows} >= {"math", "sdpa"}
     for r in rows:
         assert r["time_ms"] > 0 and r["gflops"] > 0 and "vs_sdpa" in r
-    assert "between 2 and 2048" in ex.run_remeasure("causal", [4096])[1]
-    assert "at least one length" in ex.run_remeasure("causal", [])[1]
+    with pytest.raises(gr.Error, match="between 2 and 2048"):
+        ex.run_remeasure("causal", [4096])
+    with pytest.raises(gr.Error, match="at least one length"):
+        ex.run_remeasure("causal", [])
 
 
 def test_suite_names_every_listener_and_shares_timing_queue():
@@ -195,8 +208,11 @@ def test_suite_names_every_listener_and_shares_timing_queue():
     fns = list(page.fns.values())
     assert fns and all(f.api_name for f in fns)
     assert len({f.api_name for f in fns}) == len(fns)
-    timing = [f for f in fns if f.name in ("run_explorer", "run_remeasure")]
-    assert len(timing) == 2 and {f.concurrency_id for f in timing} == {ex.CONCURRENCY_ID}
+    queue = {f.name: f.concurrency_id for f in fns
+             if f.name in ("run_explorer_quick", "run_explorer_long", "run_remeasure")}
+    # quick requests never wait behind long ones: those have a queue of their own
+    assert queue == {"run_explorer_quick": ex.CONCURRENCY_ID,
+                     "run_explorer_long": ex.LONG_QUEUE_ID, "run_remeasure": ex.LONG_QUEUE_ID}
     with pytest.raises(ValueError, match="domain must be one of"):
         suite.build("chemistry")
 
@@ -210,3 +226,46 @@ def test_recurrence_tab_shows_shipped_figures_and_table(tmp_path):
     assert "| parallelism |" in md and "held-out accuracy" in md and "None" not in md
     # no shipped results: a sentence that says how to make them, no crash
     assert recurrence_view(tmp_path / "missing.json")[3].startswith("No shipped results")
+
+
+def test_long_requests_go_to_their_own_queue(monkeypatch):
+    monkeypatch.setattr(lab, "QUICK_SECONDS", 0.0)  # every request counts as long
+    form = ("causal", 32, 2, "auto", "random", 0, *FORM.values(), 0)
+    *outs, pending = ex.run_explorer_quick(*form)
+    assert outs[3].startswith("Running on the long-request queue") and pending == list(form)
+    allowed, used, hv, table = ex.run_explorer_long(pending)
+    assert isinstance(allowed, Image.Image) and "output max abs diff vs math" in table
+    monkeypatch.setattr(lab, "QUICK_SECONDS", 1e9)
+    *outs, pending = ex.run_explorer_quick(*form)
+    assert pending is None and "output max abs diff vs math" in outs[3]
+    assert ex.run_explorer_long(None) == tuple(gr.skip() for _ in range(4))  # nothing to do
+
+
+BAD_VALUES = [None, "", "abc", "12", -1, 0, 2.5, 10**9, float("nan"), float("inf"), [], {},
+              True, [1, 2], {"a": 1}]
+
+
+def test_fuzzed_inputs_always_get_a_sentence(monkeypatch):
+    """Every listener of the page, every input, every malformed value: the component's
+    preprocess and the handler either accept it or raise gr.Error with a sentence."""
+    monkeypatch.setattr(lab, "measure", lambda fn, **kw: (1e-3, 1, 0))  # no timing repeats
+    page = ex.build()
+    fns = [f for f in page.fns.values() if f.api_name in ("explorer_run", "complexity_remeasure",
+                                                          "complexity_mask")]
+    assert len(fns) == 3
+    silent = []
+    for fn in fns:
+        good = [getattr(c, "value", None) for c in fn.inputs]
+        for i, comp in enumerate(fn.inputs):
+            for bad in BAD_VALUES:
+                args = list(good)
+                try:
+                    args[i] = bad
+                    args = [c.preprocess(a) for a, c in zip(args, fn.inputs, strict=True)]
+                    fn.fn(*args)
+                except gr.Error as e:
+                    if not str(e.message).strip():
+                        silent.append((fn.api_name, comp.label, bad, "empty gr.Error"))
+                except Exception as e:  # noqa: BLE001 - what we are hunting
+                    silent.append((fn.api_name, comp.label, bad, f"{type(e).__name__}: {e}"))
+    assert not silent, silent[:10]
