@@ -83,6 +83,12 @@ def _train_config(args: argparse.Namespace):
             raise CLIError(f"--config {path}: cannot read a JSON object ({err})") from None
         cfg = TrainConfig.from_dict(data, base=cfg)
     cfg = cfg.with_overrides(args.overrides)
+    if args.data is not None:
+        data = Path(args.data)
+        if not data.is_file():
+            what = "is not a file" if data.exists() else "does not exist"
+            raise CLIError(f"--data {data}: {what}")
+        cfg = cfg.replace(data_args={**cfg.data_args, "path": str(data)})
     if args.quiet:
         cfg = cfg.replace(quiet=True)
     return cfg
@@ -151,10 +157,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict(card["train_config"]).replace(quiet=True, device=args.device)
     seed_everything(cfg.seed)
     parts = get_recipe(card["recipe"]).build(cfg)
-    if parts.eval_set is None:
+    if parts.eval_set is None and parts.evaluate is None:
         raise CLIError(f"recipe {card['recipe']!r} has no eval set")
     trainer = Trainer(cfg, model, parts.train_set, parts.eval_set, loss_fn=parts.loss_fn,
-                      collate_fn=parts.collate_fn)  # fmt: skip
+                      collate_fn=parts.collate_fn, evaluate_fn=parts.evaluate)  # fmt: skip
     metrics = trainer.evaluate()
     print(json.dumps({"model": args.model, **metrics, "card": card.get("metrics", {})}))
     return 0
@@ -248,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("domain", help="training recipe (e.g. toy)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     t.add_argument("--config", help="JSON file with config values")
+    t.add_argument("--data", metavar="FILE", help="data file for the recipe (sets data.path; "
+                   "e.g. any UTF-8 text for text/chars)")
     t.add_argument("--resume", help="checkpoint file or run folder to continue exactly")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run/weights")
@@ -283,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         args.overrides = [*args.overrides, *extra]
     args.argv = argv
+    if args.command in ("demo", "bench") and os.environ.get("ATTNLAB_KEEP_FREED", "1") != "0":
+        # the demo records attention on every request, and the bench measures that path: let
+        # recorded maps reuse freed pages (see reuse_freed_memory; ATTNLAB_KEEP_FREED=0: off)
+        from attnlab.core.capture import reuse_freed_memory
+
+        reuse_freed_memory()
     try:
         return args.func(args)
     except (CLIError, ValueError, TypeError) as err:

@@ -55,10 +55,10 @@ def _as_layers(attentions: Layers, arg: str = "attentions") -> tuple[Tensor, boo
     return t, squeeze
 
 
-def _fuse_heads(t: Tensor, heads: Sequence[int] | None, head_fusion: str) -> Tensor:
-    """(layers, B, H, L, L) -> (layers, B, L, L)."""
-    if heads is not None:
-        t = t[:, :, list(heads)]
+def _fuse_heads(t: Tensor, head_indices: Sequence[int] | None, head_fusion: str) -> Tensor:
+    """(layers, B, H, L, L) -> (layers, B, L, L), over the heads ``head_indices`` (or all)."""
+    if head_indices is not None:
+        t = t[:, :, list(head_indices)]
     if head_fusion == "mean":
         return t.mean(2)
     if head_fusion == "max":
@@ -79,16 +79,17 @@ def _with_residual(a: Tensor, residual: float) -> Tensor:
 def attention_rollout(
     attentions: Layers,
     *,
-    heads: Sequence[int] | None = None,
+    head_indices: Sequence[int] | None = None,
     head_fusion: str = "mean",
     residual: float = 0.5,
     start_layer: int = 0,
 ) -> Tensor:
     """Attention rollout: R = A_hat_n @ ... @ A_hat_start, A_hat = residual*I + (1-residual)*A
-    row-normalised, heads fused first. R[b, i, j]: how much output position i draws on input
-    position j. Returns (B, L, L) (or (L, L) for unbatched input)."""
+    row-normalised, heads fused first (the heads ``head_indices``, a list of indices, or all).
+    R[b, i, j]: how much output position i draws on input position j. Returns (B, L, L) (or
+    (L, L) for unbatched input)."""
     t, squeeze = _as_layers(attentions)
-    a = _with_residual(_fuse_heads(t, heads, head_fusion), residual)
+    a = _with_residual(_fuse_heads(t, head_indices, head_fusion), residual)
     r = torch.eye(a.shape[-1], dtype=a.dtype).expand_as(a[0]).clone()
     for layer in a[start_layer:]:
         r = layer @ r  # later layers multiply on the left
@@ -147,7 +148,7 @@ def _max_flow(cap: np.ndarray, s: int, t: int, eps: float = 1e-12) -> float:
 def attention_flow(
     attentions: Layers,
     *,
-    heads: Sequence[int] | None = None,
+    head_indices: Sequence[int] | None = None,
     head_fusion: str = "mean",
     residual: float = 0.5,
     method: str = "maxflow",
@@ -161,10 +162,11 @@ def attention_flow(
     L <= 32 and a few layers; the graph may have at most ``max_nodes`` nodes).
     ``method='bottleneck'`` is the fast widest-path approximation: the largest over paths of the
     smallest capacity on the path (a max-min matrix product per layer; a lower bound of the flow).
-    Returns (B, L, L) (or (L, L) for unbatched input).
+    Heads are fused first, as in ``attention_rollout``. Returns (B, L, L) (or (L, L) for
+    unbatched input).
     """
     t, squeeze = _as_layers(attentions)
-    a = _with_residual(_fuse_heads(t, heads, head_fusion), residual).double()  # (n, B, L, L)
+    a = _with_residual(_fuse_heads(t, head_indices, head_fusion), residual).double()  # (n,B,L,L)
     n, B, L, _ = a.shape
     if method == "bottleneck":
         w = a[-1]  # (B, L, L): from the top positions into layer n - 1

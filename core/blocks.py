@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .kv_cache import DecoderLayerCache, KVCache
+from .kv_cache import DecoderLayerCache, KVCache, rollback_on_error
 from .masks import Mask
 from .modules import MultiHeadAttention
 from .positional import PositionScheme
@@ -303,15 +303,17 @@ class TransformerEncoder(nn.Module):
         self.blocks, self.norm = _stack(Block, dim, depth, num_heads, final_norm,
                                         drop_path_rate, block_kw)
 
-    def make_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in range(self.depth)]
+    def make_cache(self, max_len: int | None = None) -> list[KVCache]:
+        """One ``KVCache`` per block; ``max_len`` pre-allocates that many positions."""
+        return [KVCache(max_len) for _ in range(self.depth)]
 
     def forward(self, x: Tensor, *, mask: Mask | None = None, attn_mask: Tensor | None = None,
                 cache: list[KVCache] | None = None) -> Tensor:
         _check_cache(cache, self.depth, KVCache)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, mask=mask, attn_mask=attn_mask,
-                    kv_cache=cache[i] if cache is not None else None)
+        with rollback_on_error(cache):  # a step that raises leaves every cache as it was
+            for i, blk in enumerate(self.blocks):
+                x = blk(x, mask=mask, attn_mask=attn_mask,
+                        kv_cache=cache[i] if cache is not None else None)
         return self.norm(x)
 
 
@@ -330,14 +332,17 @@ class TransformerDecoder(nn.Module):
         self.blocks, self.norm = _stack(DecoderBlock, dim, depth, num_heads, final_norm,
                                         drop_path_rate, block_kw)
 
-    def make_cache(self) -> list[DecoderLayerCache]:
-        return [DecoderLayerCache() for _ in range(self.depth)]
+    def make_cache(self, max_len: int | None = None) -> list[DecoderLayerCache]:
+        """One ``DecoderLayerCache`` per block; ``max_len`` pre-allocates the self-attention
+        caches."""
+        return [DecoderLayerCache(KVCache(max_len)) for _ in range(self.depth)]
 
     def forward(self, x: Tensor, context: Tensor, *, mask: Mask | None = None,
                 attn_mask: Tensor | None = None, context_mask: Mask | None = None,
                 cache: list[DecoderLayerCache] | None = None) -> Tensor:
         _check_cache(cache, self.depth, DecoderLayerCache)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, context, mask=mask, attn_mask=attn_mask, context_mask=context_mask,
-                    cache=cache[i] if cache is not None else None)
+        with rollback_on_error(cache):
+            for i, blk in enumerate(self.blocks):
+                x = blk(x, context, mask=mask, attn_mask=attn_mask, context_mask=context_mask,
+                        cache=cache[i] if cache is not None else None)
         return self.norm(x)

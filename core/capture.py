@@ -1,11 +1,21 @@
 """Seeing and editing attention: ``record_attention``, ``AttentionMaps``, ``ablate_heads``.
 
 Fused kernels never materialise the attention weights. Instead of hooks that find nothing
-(timm's fused path, HF's SDPA), ``record_attention`` switches only the chosen
-``MultiHeadAttention`` modules to the explicit path for the duration of a ``with`` block and
-collects their per-head weights (B, H, Lq, Lk), self and cross, under the modules' qualified
-names (``blocks.3.attn``). Every other module keeps the fused path; outside the block nothing is
-kept and a module's only cost is one attribute check (``module._observer is None``).
+(timm's fused path, HF's SDPA), ``record_attention`` observes only the chosen attention modules
+(``MultiHeadAttention`` and the ``torch.nn.MultiheadAttention`` drop-in
+``compat.MultiheadAttention``) for the duration of a ``with`` block and collects their per-head
+weights (B, H, Lq, Lk), self and cross, under the modules' qualified names (``blocks.3.attn``).
+Every other module keeps the fused path; outside the block nothing is kept and a module's only
+cost is one attribute check (``module._observer is None``).
+
+How a recorded call is computed (exactly the math backend's weights, to float rounding):
+  * by default materialised (``attn_weights.explicit_attention``): one matmul for the scores,
+    the softmax written over them, one matmul with v. At the lengths whose maps are looked at it
+    costs about what the fused kernel does on CPU, and it keeps one L x S buffer per call --
+    the map itself; the rest of what recording costs is the first touch of that fresh memory.
+  * with a few ``head_indices``: the fused call the forward makes anyway, with its per-row
+    log-sum-exp, and then only the kept heads' weights, exp(q k^T * scale + bias - lse)
+    (``attn_weights.lse_weights``): no softmax, no weights @ v, no map for the other heads.
 
 Reduce inside the recording, because maps grow as L^2: chosen heads, top-k per row, a smaller
 dtype (e.g. ``torch.float16``), or a head reduction. For long sequences ``lazy=True`` keeps only
@@ -25,43 +35,51 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import AttentionCall, attention, expand_kv
-from .masks import Mask
+from .attn_weights import attention_call, explicit_attention, lse_weights
+from .backends.tiled_kernels import fused_lse_available
+from .compat import MultiheadAttention
+from .masks import Mask, to_allowed
 from .masks import causal as causal_mask
 from .modules import MultiHeadAttention
 
 __all__ = ["record_attention", "AttentionMaps", "AttentionRecord", "ablate_heads",
-           "attention_modules"]
+           "attention_modules", "reuse_freed_memory"]
 
 LayerSpec = int | str
+#: the modules that call ``_observer``: attnlab's own and the ``torch.nn.MultiheadAttention``
+#: drop-in
+ATTENTION_MODULES = (MultiHeadAttention, MultiheadAttention)
 
 
 # ------------------------------------------------------------------------------------------
 # module selection and the per-module observer
 # ------------------------------------------------------------------------------------------
-def attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
-    """Every ``MultiHeadAttention`` in ``model`` with its qualified name, in module order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every attention module in ``model`` (``MultiHeadAttention`` and the drop-in
+    ``compat.MultiheadAttention``) with its qualified name, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ATTENTION_MODULES)]
 
 
 def _select(model: nn.Module, layers: Sequence[LayerSpec] | None, arg: str = "layers"):
     found = attention_modules(model)
     if not found:
-        raise ValueError(f"{type(model).__name__} contains no attnlab MultiHeadAttention module")
+        raise ValueError(f"{type(model).__name__} contains no attnlab attention module "
+                         "(MultiHeadAttention or compat.MultiheadAttention)")
     if layers is None:
         return found
     if isinstance(layers, (str, int)):
         layers = [layers]
     names = [n for n, _ in found]
-    chosen: dict[str, MultiHeadAttention] = {}
+    chosen: dict[str, nn.Module] = {}
     for spec in layers:
         if isinstance(spec, bool) or not isinstance(spec, (int, str)):
             raise TypeError(f"{arg} items must be names, glob patterns or indices, got {spec!r}")
@@ -80,18 +98,29 @@ def _select(model: nn.Module, layers: Sequence[LayerSpec] | None, arg: str = "la
 
 
 class _Observer:
-    """What ``MultiHeadAttention.forward`` calls instead of ``attention`` while observed."""
+    """What an attention module's forward calls instead of ``attention`` while observed.
+
+    The protocol: ``module._observer(module, q, k, v, args[, kind])`` with q (B, H, L, D), k/v
+    (B, Hk, S, D), ``args`` the keyword arguments of ``core.attention`` for this call (all of
+    ``attn_mask, dropout_p, is_causal, scale, enable_gqa, mask, score_mod, backend``) and
+    ``kind`` 'self' or 'cross' (default: the module's ``cross`` flag); it returns the output
+    (B, H, L, Dv) that the module then projects.
+    """
 
     def __init__(self) -> None:
         self.recorder: _Recorder | None = None
         self.ablation: Callable[[Tensor], Tensor] | None = None
 
-    def __call__(self, module, q, k, v, args):
-        o = attention(q, k, v, **args) if self.recorder is None else self.recorder(q, k, v, args)
+    def __call__(self, module, q, k, v, args, kind: str | None = None):
+        if self.recorder is None:
+            o = attention(q, k, v, **args)
+        else:
+            kind = kind or ("cross" if getattr(module, "cross", False) else "self")
+            o = self.recorder(q, k, v, args, kind)
         return o if self.ablation is None else self.ablation(o)
 
 
-def _set_slot(module: MultiHeadAttention, slot: str, value) -> Any:
+def _set_slot(module: nn.Module, slot: str, value) -> Any:
     obs = module._observer
     if obs is None:
         obs = module._observer = _Observer()
@@ -100,7 +129,7 @@ def _set_slot(module: MultiHeadAttention, slot: str, value) -> Any:
     return prev
 
 
-def _restore_slot(module: MultiHeadAttention, slot: str, prev) -> None:
+def _restore_slot(module: nn.Module, slot: str, prev) -> None:
     obs = module._observer
     if obs is None:
         return
@@ -116,7 +145,8 @@ def _restore_slot(module: MultiHeadAttention, slot: str, prev) -> None:
 class AttentionRecord:
     """One call of one recorded module.
 
-    ``weights`` (B, h, L, S) after reduction (h = chosen heads, or 1 after a head reduction);
+    ``weights`` (B, h, L, S) after reduction (h = len(head_indices), or 1 after a head
+    reduction);
     with ``topk`` only ``values``/``indices`` (B, h, L, k) are kept; with ``lazy`` only q, k, lse.
     ``mask``/``attn_mask``/``is_causal`` are what the call used, so a view can draw "allowed"
     beside "used" (``allowed()``).
@@ -127,7 +157,7 @@ class AttentionRecord:
     L: int
     S: int
     num_heads: int
-    heads: list[int] | None
+    head_indices: list[int] | None  # the heads kept (indices), None = all
     mask: Mask | None
     attn_mask: Tensor | None
     is_causal: bool
@@ -149,8 +179,7 @@ class AttentionRecord:
         if m is not None:
             a = a & m.dense(self.L, self.S, batch=m.batch_size, heads=m.num_heads).cpu()
         if self.attn_mask is not None:
-            am = self.attn_mask.detach().cpu()
-            am = am if am.dtype == torch.bool else torch.isfinite(am)
+            am = to_allowed(self.attn_mask.detach().cpu())
             while am.dim() < 4:
                 am = am.unsqueeze(0)
             a = a & am
@@ -185,7 +214,7 @@ class AttentionRecord:
         s = masked_scores(q, k, call, q_offset=r0, L=self.L, S=self.S)  # (B, H, rows, S)
         live = torch.isfinite(lse)[..., None]
         w = torch.where(live, torch.exp(s - torch.where(live, lse[..., None], 0.0)), 0.0)
-        return _reduce_heads(w, self.heads, z["reduce"]).to(z["dtype"] or w.dtype)
+        return _reduce_heads(w, self.head_indices, z["reduce"]).to(z["dtype"] or w.dtype)
 
 
 class AttentionMaps(Mapping):
@@ -228,7 +257,8 @@ class AttentionMaps(Mapping):
 
     def meta(self, name: str) -> dict[str, Any]:
         r = self.record(name)
-        return dict(kind=r.kind, L=r.L, S=r.S, num_heads=r.num_heads, heads=r.heads,
+        return dict(kind=r.kind, L=r.L, S=r.S, num_heads=r.num_heads,
+                    head_indices=r.head_indices,
                     mask=r.full_mask(), calls=len(self._records[name]))
 
     def stack(self, names: Sequence[str] | None = None) -> Tensor:
@@ -250,9 +280,9 @@ class AttentionMaps(Mapping):
         return f"AttentionMaps({items})"
 
 
-def _reduce_heads(w: Tensor, heads: list[int] | None, reduce) -> Tensor:
-    if heads is not None:
-        w = w[:, heads]
+def _reduce_heads(w: Tensor, head_indices: list[int] | None, reduce) -> Tensor:
+    if head_indices is not None:
+        w = w[:, head_indices]
     if reduce is None:
         return w
     if reduce == "mean":
@@ -263,61 +293,106 @@ def _reduce_heads(w: Tensor, heads: list[int] | None, reduce) -> Tensor:
 
 
 class _Recorder:
-    def __init__(self, name: str, module: MultiHeadAttention, maps: AttentionMaps, opts: dict):
+    def __init__(self, name: str, module: nn.Module, maps: AttentionMaps, opts: dict):
         self.name, self.module, self.maps, self.o = name, module, maps, opts
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, args: dict) -> Tensor:
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, args: dict, kind: str) -> Tensor:
         o, H, L, S = self.o, q.shape[1], q.shape[2], k.shape[2]
-        heads = o["heads"]
+        heads = o["head_indices"]
         if heads is not None and not all(-H <= h < H for h in heads):
-            raise ValueError(f"heads {heads} out of range for {self.name} with {H} heads")
+            raise ValueError(f"head_indices {heads} out of range for {self.name} with {H} "
+                             "heads")
         rec = AttentionRecord(
-            name=self.name, kind="cross" if self.module.cross else "self", L=L, S=S,
-            num_heads=H, heads=heads, mask=args["mask"], attn_mask=args["attn_mask"],
-            is_causal=args["is_causal"])
+            name=self.name, kind=kind, L=L, S=S, num_heads=H, head_indices=heads,
+            mask=args["mask"], attn_mask=args["attn_mask"], is_causal=args["is_causal"])
         if o["lazy"]:
-            try:
-                res = attention(q, k, v, **{**args, "backend": "auto"}, return_lse=True)
-            except ValueError as e:  # no LSE-capable fused backend installed: the math path
-                if "not available" not in str(e):
-                    raise
-                res = attention(q, k, v, **{**args, "backend": "math"}, return_lse=True)
+            res = attention(q, k, v, **{**args, "backend": "auto"}, return_lse=True)
             kk, _ = expand_kv(k, v, H // k.shape[1])
             rec.lazy = dict(q=q.detach(), k=kk.detach(), lse=res.lse.detach(),
                             attn_mask=args["attn_mask"], score_mod=args["score_mod"],
-                            scale=args["scale"], reduce=o["reduce"], dtype=o["dtype"])
-        else:
-            res = attention(q, k, v, **{**args, "backend": "math"}, return_weights=True)
-            w = res.weights
+                            scale=attention_call(q, k, args).scale, reduce=o["reduce"],
+                            dtype=o["dtype"])
+            self.maps._add(rec)
+            return res.output
+        call = attention_call(q, k, args)
+        if not _lse_path(q, v, call, heads):
+            # Materialised: at the lengths where weights are looked at, softmax + weights @ v
+            # costs about what the fused kernel does (measured on CPU at L <= 512), so the
+            # weights come almost free, and exactly as the math backend computes them. Dropout
+            # and retain_grad need this path: the output must be made from these weights.
+            out, w = explicit_attention(q, k, v, call)
+            # what attention() checks on CPU: a NaN/Inf input reaches the output
+            if out.device.type == "cpu" and not math.isfinite(float(out.detach().sum())):
+                raise ValueError("attention produced NaN or Inf: q, k or v (or an additive "
+                                 "attn_mask) holds NaN or Inf values")
             if o["retain_grad"]:
                 if w.requires_grad:
-                    # the returned weights are a reshaped view, off the output's graph: recompute
-                    # the output from them so that their gradient is d(output)/d(weights)
                     w.retain_grad()
-                    _, vv = expand_kv(k, v, H // k.shape[1])
-                    p = w if not args["dropout_p"] else F.dropout(w, args["dropout_p"])
-                    self.maps._add(rec)
-                    rec.weights = w
-                    return torch.matmul(p, vv)
                 rec.weights = w
-            else:
-                w = _reduce_heads(w.detach(), heads, o["reduce"])
-                if o["dtype"] is not None:
-                    w = w.to(o["dtype"])
-                if o["topk"] is not None:
-                    vals, idx = w.topk(min(o["topk"], S), dim=-1)
-                    rec.topk_values, rec.topk_indices = vals, idx
-                else:
-                    rec.weights = w
+                self.maps._add(rec)
+                return out
+            w = _reduce_heads(w.detach(), heads, o["reduce"])
+        else:
+            # a few heads kept: the fused call the forward makes anyway, plus its per-row LSE,
+            # then the kept heads' weights only (exp(scores - lse): no softmax, no weights @ v)
+            res = attention(q, k, v, **{**args, "backend": "auto"}, return_lse=True)
+            out = res.output
+            with torch.no_grad():
+                w = _reduce_heads(lse_weights(q, k, res.lse, call, heads), None, o["reduce"])
+        if o["dtype"] is not None:
+            w = w.to(o["dtype"])
+        if o["topk"] is not None:
+            rec.topk_values, rec.topk_indices = w.topk(min(o["topk"], S), dim=-1)
+        else:
+            rec.weights = w
         self.maps._add(rec)
-        return res.output
+        return out
+
+
+def _lse_path(q: Tensor, v: Tensor, call: AttentionCall, head_indices: list[int] | None
+              ) -> bool:
+    """Whether to record from the fused call's LSE rather than materialise: when only some
+    heads are kept (their weights alone are computed), without dropout, and when
+    ``attention(..., return_lse=True)`` runs a fused kernel (not the tiled backend's
+    pure-PyTorch one, which the explicit path beats)."""
+    H = q.shape[1]
+    return (head_indices is not None and len({h % H for h in head_indices}) < H
+            and call.dropout_p == 0 and fused_lse_available(q, v)
+            and (call.score_mod is None or call.score_mod.additive))
+
+
+def reuse_freed_memory(threshold_mb: int = 32) -> bool:
+    """Ask glibc to keep freed blocks of up to ``threshold_mb`` in the process (no ``munmap``,
+    no trimming) so that the next recording writes its maps into pages already mapped.
+
+    Recorded maps are fresh memory every time; with glibc's defaults each large block is
+    returned to the OS when freed, and the next one pays a page fault per 4 KiB page (on a
+    busy VM ~2 µs each: at L = 512, 8 heads, 4 layers, a third of the recorded forward). A demo
+    server that records every request trades a higher resident size for that time. This is
+    process-wide: the CLI's ``demo`` and ``bench`` call it; libraries should leave the choice to
+    the application. Returns False where it does not apply (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    nbytes = int(threshold_mb) * 2**20
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+    return bool(mallopt(M_MMAP_THRESHOLD, nbytes)) and bool(mallopt(M_TRIM_THRESHOLD, 4 * nbytes))
 
 
 @contextlib.contextmanager
 def record_attention(
     model: nn.Module,
     layers: Sequence[LayerSpec] | LayerSpec | None = None,
-    heads: Sequence[int] | None = None,
+    head_indices: Sequence[int] | None = None,
     *,
     reduce: str | Callable[[Tensor], Tensor] | None = None,
     topk: int | None = None,
@@ -328,16 +403,18 @@ def record_attention(
     """Record the attention weights of chosen layers during the forwards inside the block.
 
     Args:
-        model: any module containing ``MultiHeadAttention`` layers (or one itself).
+        model: any module containing attention modules (``MultiHeadAttention`` or
+            ``compat.MultiheadAttention``), or one itself.
         layers: None (all), or qualified names (``'blocks.3.attn'``), glob patterns
             (``'blocks.*.cross_attn'``) or indices into ``attention_modules(model)``.
-        heads: keep only these heads.
+        head_indices: keep only the heads with these indices (a list of indices; ``heads``
+            elsewhere in attnlab is a count).
         reduce: 'mean' or 'max' over the kept heads, or a function of (B, h, L, S).
         topk: keep only the k largest weights per query row (values and key indices).
         dtype: store the weights in this dtype (e.g. ``torch.float16``).
         lazy: keep q, k and the log-sum-exp; materialise rows on demand (``maps.rows``).
         retain_grad: keep the full weights in the autograd graph and retain their gradient
-            (for gradient-weighted rollout); excludes heads/reduce/topk/dtype/lazy.
+            (for gradient-weighted rollout); excludes head_indices/reduce/topk/dtype/lazy.
 
     Yields:
         ``AttentionMaps``, filled as the model runs. Flags are restored on exit, even on error.
@@ -346,17 +423,18 @@ def record_attention(
         raise ValueError(f"topk must be a positive int, got {topk!r}")
     if reduce is not None and reduce not in ("mean", "max") and not callable(reduce):
         raise ValueError(f"reduce must be 'mean', 'max', a callable or None, got {reduce!r}")
-    if retain_grad and (heads is not None or reduce is not None or topk is not None
+    if retain_grad and (head_indices is not None or reduce is not None or topk is not None
                         or dtype is not None or lazy):
-        raise ValueError("retain_grad keeps the full weights: drop heads/reduce/topk/dtype/lazy")
+        raise ValueError("retain_grad keeps the full weights: drop head_indices/reduce/topk/"
+                         "dtype/lazy")
     if lazy and topk is not None:
         raise ValueError("lazy and topk exclude each other (lazy keeps no weights)")
-    heads = None if heads is None else [int(h) for h in heads]
-    opts = dict(heads=heads, reduce=reduce, topk=topk, dtype=dtype, lazy=lazy,
+    head_indices = None if head_indices is None else [int(h) for h in head_indices]
+    opts = dict(head_indices=head_indices, reduce=reduce, topk=topk, dtype=dtype, lazy=lazy,
                 retain_grad=retain_grad)
     maps = AttentionMaps()
     chosen = _select(model, layers)
-    saved: list[tuple[MultiHeadAttention, Any]] = []
+    saved: list[tuple[nn.Module, Any]] = []
     try:
         for name, mod in chosen:
             saved.append((mod, _set_slot(mod, "recorder", _Recorder(name, mod, maps, opts))))
@@ -376,14 +454,17 @@ def ablate_heads(
     positions, per batch item) the outputs of chosen heads, before the output projection.
 
     Args:
-        heads: ``{layer: [head indices]}``; a layer is a name, glob pattern or index as in
-            ``record_attention``.
+        heads: ``{layer: [head indices]}`` -- lists of indices, as ``head_indices`` elsewhere
+            in capture and analysis (not a count); a layer is a name, glob pattern or index as
+            in ``record_attention``. Works on ``MultiHeadAttention`` and on the drop-in
+            ``compat.MultiheadAttention`` (before its ``out_proj``).
+        mode: 'zero' or 'mean'.
     """
     if mode not in ("zero", "mean"):
         raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
     if not isinstance(heads, Mapping):
         raise TypeError("heads must map layers to lists of head indices")
-    plan: list[tuple[MultiHeadAttention, list[int]]] = []
+    plan: list[tuple[nn.Module, list[int]]] = []
     for spec, hs in heads.items():
         for _, mod in _select(model, [spec], "heads"):
             hs = [int(h) for h in hs]
@@ -401,7 +482,7 @@ def ablate_heads(
             _restore_slot(mod, "ablation", prev)
 
 
-def _prev(mod: MultiHeadAttention, slot: str):
+def _prev(mod: nn.Module, slot: str):
     return None if mod._observer is None else getattr(mod._observer, slot)
 
 

@@ -10,6 +10,10 @@ returns a tuple, because that is the torch API. It follows
 ``torch.nn.functional.multi_head_attention_forward`` and computes with ``attnlab.core.attention``
 (fused kernels when ``need_weights=False``).
 
+Like ``MultiHeadAttention`` it calls ``_observer`` when ``core.capture`` sets one, so
+``record_attention`` records its per-head weights (self-attention when ``query is key``, torch's
+own test, else cross) and ``ablate_heads`` edits its heads, before ``out_proj``.
+
 Differences, on purpose:
   * a query whose every key is masked gets a zero output and zero weights, not NaN;
   * ``is_causal=True`` without ``attn_mask`` applies a causal mask (torch raises);
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
+from .masks import combine
 
 __all__ = ["MultiheadAttention"]
 
@@ -79,6 +84,8 @@ class MultiheadAttention(nn.Module):
         else:
             self.bias_k = self.bias_v = None
         self.add_zero_attn = add_zero_attn
+        # set by core.capture (record_attention, ablate_heads) and nothing else
+        self._observer = None
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -129,6 +136,8 @@ class MultiheadAttention(nn.Module):
         for name, t in (("query", query), ("key", key), ("value", value)):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+        # torch's own test for self-attention (its fast path): the same tensor object
+        kind = "self" if query is key else "cross"
         batched = query.dim() == 3
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
             raise ValueError(f"query, key, value must all be 2-D (unbatched) or 3-D, got shapes "
@@ -164,11 +173,17 @@ class MultiheadAttention(nn.Module):
             extra += 1
         if extra and mask is not None:  # the appended keys are always allowed
             mask = F.pad(mask, (0, extra), value=True if mask.dtype == torch.bool else 0.0)
-        causal_only = is_causal and attn_mask is None
-        res = attention(q, k, v, attn_mask=mask, is_causal=causal_only,
-                        dropout_p=self.dropout if self.training else 0.0,
-                        return_weights=need_weights)
-        o, w = (res.output, res.weights) if need_weights else (res, None)
+        args = dict(attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                    is_causal=is_causal and attn_mask is None, scale=None, enable_gqa=False,
+                    mask=None, score_mod=None, backend="auto")
+        if self._observer is None:
+            res = attention(q, k, v, **args, return_weights=need_weights)
+            o, w = (res.output, res.weights) if need_weights else (res, None)
+        else:  # core.capture records or ablates this call (same protocol as MultiHeadAttention)
+            o = self._observer(self, q, k, v, args, kind)
+            w = None
+            if need_weights:  # the weights of the unedited call, before dropout
+                w = attention(q, k, v, **{**args, "dropout_p": 0.0}, return_weights=True).weights
         o = self.out_proj(o.transpose(1, 2).reshape(N, L, E))  # (N, H, L, D) -> (N, L, E)
         if w is not None and average_attn_weights:
             w = w.mean(dim=1)
@@ -204,16 +219,5 @@ class MultiheadAttention(nn.Module):
         for p in parts:
             if not (p.dtype == torch.bool or p.dtype.is_floating_point):
                 raise TypeError(f"masks must be bool or float, got {p.dtype}")
-        if not parts:
-            return None
-        if all(p.dtype == torch.bool for p in parts):
-            allowed = ~parts[0]
-            for p in parts[1:]:
-                allowed = allowed & ~p
-            return allowed
-        out = None
-        for p in parts:
-            f = (torch.zeros(p.shape, dtype=dtype, device=p.device).masked_fill(p, float("-inf"))
-                 if p.dtype == torch.bool else p.to(dtype))
-            out = f if out is None else out + f
-        return out
+        # torch's bool masks say True = ignore; ours say True = attend
+        return combine(*(~p if p.dtype == torch.bool else p for p in parts), dtype=dtype)

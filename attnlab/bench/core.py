@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ MASKS = ("full", "causal", "causal_window_256", "document_8", "prefix_lm")
 BACKENDS = ("sdpa", "auto", "tiled", "math", "linear", "flex")
 B, H, D = 1, 8, 64
 CASES = ("attention", "linear_error", "recording", "kv_cache")
-# (dim, depth, num_heads, L) of the recording case; targets of issue 7: record/plain <= 1.10
+# (dim, depth, num_heads, L) of the recording case; targets: record/plain <= 1.10
 # at L = 128 and <= 1.25 at L = 512
 RECORDING_MODELS = ((384, 6, 12, 128), (256, 4, 8, 512))
 RESULTS = Path(__file__).parent / "results"
@@ -465,7 +466,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         result["linear_error"] = linear_error()
     if "recording" in only:
         rec = recording_cost(rounds=2 if args.quick else 3, memory=memory)
-        result["recording"] = {"command": command, "machine": machine, "rows": rec}
+        keep = os.environ.get("ATTNLAB_KEEP_FREED", "1") != "0"
+        result["recording"] = {
+            "command": command, "machine": machine, "rows": rec,
+            "malloc": ("freed blocks kept for reuse (the CLI's reuse_freed_memory; "
+                       "ATTNLAB_KEEP_FREED=0 measures glibc's defaults)" if keep
+                       else "glibc defaults (ATTNLAB_KEEP_FREED=0)"),
+        }  # fmt: skip
         for r in rec:
             print("recording: " + " ".join(f"{k}={v}" for k, v in r.items()), flush=True)
     if "kv_cache" in only:

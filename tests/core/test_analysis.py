@@ -45,7 +45,7 @@ def test_rollout_rows_sum_to_one_and_heads_choice():
     r = attention_rollout(maps)
     torch.testing.assert_close(r.sum(-1), torch.ones(2, 4))
     only1 = attention_rollout([m[:, 1:2] for m in maps])
-    torch.testing.assert_close(attention_rollout(maps, heads=[1]), only1)
+    torch.testing.assert_close(attention_rollout(maps, head_indices=[1]), only1)
     with pytest.raises(ValueError, match="head_fusion"):
         attention_rollout(maps, head_fusion="median")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from reference import reference_attention
 
-from attnlab.core import masks
-from attnlab.core.backends import math as math_backend
+from attnlab.core import capture, masks
+from attnlab.core.attention import attention
 from attnlab.core.blocks import TransformerDecoder, TransformerEncoder
 from attnlab.core.capture import ablate_heads, attention_modules, record_attention
 from attnlab.core.modules import MultiHeadAttention
@@ -63,22 +63,23 @@ def test_weights_sum_to_one_and_match_float64_reference():
 
 def test_only_recorded_layers_leave_the_fused_path(enc, monkeypatch):
     calls = []
-    real = math_backend.forward
-    monkeypatch.setattr(math_backend, "forward", lambda *a: calls.append(1) or real(*a))
+    real = capture._Recorder.__call__
+    monkeypatch.setattr(capture._Recorder, "__call__",
+                        lambda self, *a: calls.append(self.name) or real(self, *a))
     x = torch.randn(1, 7, 32)
     enc(x)
-    assert calls == []  # nothing is explicit outside a recording
+    assert calls == []  # nothing is observed outside a recording
     with record_attention(enc, layers=["blocks.1.attn"]) as maps:
         enc(x)
-    assert len(calls) == 1 and list(maps) == ["blocks.1.attn"]
+    assert calls == ["blocks.1.attn"] and list(maps) == ["blocks.1.attn"]
     with record_attention(enc, layers=[0, "blocks.2.*"]) as maps:
         enc(x)
-    assert len(calls) == 3 and list(maps) == ["blocks.0.attn", "blocks.2.attn"]
+    assert calls[1:] == ["blocks.0.attn", "blocks.2.attn"] and list(maps) == calls[1:]
 
 
 def test_self_and_cross_layers_with_names_and_decoding_calls():
     torch.manual_seed(2)
-    dec = TransformerDecoder(32, 2, 4, context_dim=24).eval()
+    dec = TransformerDecoder(32, 2, 4, kdim=24).eval()
     x, ctx = torch.randn(2, 5, 32), torch.randn(2, 7, 24)
     with record_attention(dec, layers=["blocks.*.cross_attn"]) as maps:
         dec(x, ctx)
@@ -124,9 +125,9 @@ def test_lazy_rows_equal_eager_rows(pos):
         torch.testing.assert_close(lazy.rows(name, slice(3, 9)), eager[name][:, :, 3:9], **TOL)
         torch.testing.assert_close(lazy.rows(name, 11), eager[name][:, :, 11:12], **TOL)
     assert lazy.record("blocks.0.attn").weights is None
-    with record_attention(enc, heads=[1, 3], lazy=True) as lz:
+    with record_attention(enc, head_indices=[1, 3], lazy=True) as lz:
         enc(x)
-    with record_attention(enc, heads=[1, 3]) as ez:
+    with record_attention(enc, head_indices=[1, 3]) as ez:
         enc(x)
     torch.testing.assert_close(lz.rows("blocks.1.attn", slice(0, 4)),
                                ez["blocks.1.attn"][:, :, :4], **TOL)
@@ -137,7 +138,7 @@ def test_reductions_heads_topk_dtype_mean(enc):
     with record_attention(enc) as full:
         enc(x)
     w = full["blocks.0.attn"]
-    with record_attention(enc, layers=[0], heads=[2, 0], dtype=torch.float16) as m:
+    with record_attention(enc, layers=[0], head_indices=[2, 0], dtype=torch.float16) as m:
         enc(x)
     assert m["blocks.0.attn"].dtype == torch.float16
     torch.testing.assert_close(m["blocks.0.attn"].float(), w[:, [2, 0]], atol=1e-3, rtol=1e-3)
@@ -193,3 +194,124 @@ def test_retain_grad_gives_weight_gradients(enc):
         enc(x).sum().backward()
     g = maps.grad("blocks.2.attn")
     assert g is not None and g.shape == (1, 4, 6, 6) and g.abs().sum() > 0
+
+
+# -- exactness of the recorded weights: against the math backend, feature by feature ---------
+W_TOL = dict(atol=1e-6, rtol=1e-5)
+
+
+def _math_reference(model, *inputs, **kw):
+    """The model's output and every attention module's weights from the math backend, through
+    the same observer protocol that ``record_attention`` uses."""
+    got = {}
+    mods = attention_modules(model)
+    for name, mod in mods:
+        def obs(m, q, k, v, args, kind=None, name=name):
+            res = attention(q, k, v, **{**args, "backend": "math"}, return_weights=True)
+            got[name] = res.weights.detach()
+            return res.output
+        mod._observer = obs
+    try:
+        out = model(*inputs, **kw)
+    finally:
+        for _, mod in mods:
+            mod._observer = None
+    return out, got
+
+
+def _check_exact(model, *inputs, head_indices=None, **kw):
+    plain = model(*inputs, **kw)
+    _, want = _math_reference(model, *inputs, **kw)
+    with record_attention(model, head_indices=head_indices) as maps:
+        out = model(*inputs, **kw)
+    torch.testing.assert_close(out, plain, **TOL)
+    assert list(maps) == list(want)
+    for name, w in want.items():
+        w = w if head_indices is None else w[:, head_indices]
+        got = maps[name]
+        assert not got.isnan().any()
+        torch.testing.assert_close(got, w, **W_TOL)
+    return maps
+
+
+@pytest.mark.parametrize("pos", [None, "alibi", "rope", "relative", "music"])
+@pytest.mark.parametrize("num_kv_heads", [4, 2, 1])
+def test_recorded_weights_equal_math_backend(pos, num_kv_heads):
+    torch.manual_seed(10)
+    enc = TransformerEncoder(32, 2, 4, causal=True, pos=pos, num_kv_heads=num_kv_heads,
+                             max_len=64).eval()
+    x = torch.randn(2, 11, 32)
+    pad = masks.key_padding(torch.tensor([11, 7]))
+    with torch.no_grad():
+        _check_exact(enc, x, mask=pad)
+        _check_exact(enc, x, head_indices=[3, 1])  # the LSE path: a few heads only
+    _check_exact(enc, x, mask=pad)  # under autograd (no in-place softmax)
+
+
+def test_recorded_weights_exact_with_masks_cross_attention_and_dead_rows():
+    torch.manual_seed(11)
+    dec = TransformerDecoder(32, 2, 4, kdim=24, num_kv_heads=2).eval()
+    x, ctx = torch.randn(2, 6, 32), torch.randn(2, 9, 24)
+    ctx_mask = masks.key_padding(torch.tensor([9, 4]))
+    am = torch.randn(2, 1, 6, 6)  # additive float mask on the self-attention
+    with torch.no_grad():
+        _check_exact(dec, x, ctx, context_mask=ctx_mask, attn_mask=am)
+        _check_exact(dec, x, ctx, context_mask=ctx_mask, head_indices=[0, 2])
+    enc = TransformerEncoder(32, 2, 4, pos="alibi").eval()
+    allowed = torch.rand(2, 1, 8, 8) > 0.4
+    allowed[0, 0, 3] = False  # query 3 of item 0 sees no key: zeros, not NaN
+    allowed[1, 0, 5] = False
+    with torch.no_grad():
+        maps = _check_exact(enc, torch.randn(2, 8, 32), attn_mask=allowed)
+        _check_exact(enc, torch.randn(2, 8, 32), attn_mask=allowed, head_indices=[1])
+    w = maps["blocks.0.attn"]
+    assert (w[0, :, 3] == 0).all() and (w[1, :, 5] == 0).all()
+    torch.testing.assert_close(w[0, :, 2].sum(-1), torch.ones(4), **TOL)
+
+
+def test_dropout_in_training_records_weights_before_dropout():
+    torch.manual_seed(13)
+    mod = MultiHeadAttention(16, 2, dropout=0.5, causal=True)
+    x = torch.randn(2, 6, 16)
+    _, want = _math_reference(mod.eval(), x)
+    mod.train()
+    with record_attention(mod) as maps:
+        out = mod(x)
+    torch.testing.assert_close(maps[""], want[""], **W_TOL)
+    assert not torch.allclose(out, mod.eval()(x))  # dropout did act on the output
+
+
+def test_retain_grad_gradient_is_d_output_d_weights():
+    torch.manual_seed(14)
+    enc = TransformerEncoder(32, 2, 4, causal=True, pos="rope", num_kv_heads=2).eval()
+    x = torch.randn(2, 6, 32)
+    r = torch.randn(2, 6, 32)
+    with record_attention(enc, retain_grad=True) as maps:
+        (enc(x) * r).sum().backward()
+    # the reference: the math backend's weights, the output recomputed from them (the old path)
+    grads, mods = {}, attention_modules(enc)
+    for name, mod in mods:
+        def obs(m, q, k, v, args, kind=None, name=name):
+            w = attention(q, k, v, **{**args, "backend": "math"}, return_weights=True).weights
+            w.retain_grad()
+            grads[name] = w
+            return torch.matmul(w, v.repeat_interleave(q.shape[1] // v.shape[1], 1))
+        mod._observer = obs
+    try:
+        (enc(x) * r).sum().backward()
+    finally:
+        for _, mod in mods:
+            mod._observer = None
+    for name, w in grads.items():
+        torch.testing.assert_close(maps[name].detach(), w.detach(), **W_TOL)
+        torch.testing.assert_close(maps.grad(name), w.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_recording_raises_on_non_finite_inputs_like_the_fused_path():
+    mod = MultiHeadAttention(16, 2).eval()
+    x = torch.randn(1, 5, 16)
+    x[0, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        mod(x)
+    with pytest.raises(ValueError, match="NaN"), record_attention(mod):
+        mod(x)
