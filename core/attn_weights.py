@@ -116,10 +116,14 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall
 def lse_weights(q: Tensor, k: Tensor, lse: Tensor, call: AttentionCall,
                 heads: list[int] | None = None) -> Tensor:
     """The weights (B, h, L, S) from the per-row log-sum-exp of a fused call: exp(q k^T * scale
-    + bias - lse), one matmul and one exp in place (no softmax, no weights @ v)."""
+    + bias - lse), one matmul and one exp in place, rows renormalised (no softmax, no
+    weights @ v)."""
     s, _ = _scores(q, k, call, heads)
     if heads is not None:
         lse = lse[:, [h % q.shape[1] for h in heads]]
     # rows with no allowed key have lse = -inf and scores all -inf: exp(-inf - 0) = 0, not NaN
     lse = torch.where(torch.isfinite(lse), lse, 0.0)
-    return s.sub_(lse.unsqueeze(-1).to(s.dtype)).exp_().to(q.dtype)
+    w = s.sub_(lse.unsqueeze(-1).to(s.dtype)).exp_()
+    # the fused kernel's float32 LSE leaves rows ~1e-5 off summing to 1: renormalise (rows
+    # with no allowed key sum to 0 and stay 0)
+    return w.div_(w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)).to(q.dtype)
