@@ -478,7 +478,7 @@ def build() -> gr.Blocks:
                 api_name="explorer_run",
                 concurrency_id=CONCURRENCY_ID,
                 concurrency_limit=1,
-            ).then(
+            ).success(  # only after a quick step that did not raise: no stale pending run
                 run_explorer_long,
                 pending,
                 outputs,
