@@ -22,9 +22,11 @@ from .registry import discover, import_failures
 from .train_config import TrainConfig
 
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, Any]]"]
+EvalFn = Callable[[nn.Module, "int | None"], dict[str, float]]
 BuildFn = Callable[[TrainConfig], "RecipeParts"]
 
-__all__ = ["LossFn", "RecipeParts", "Recipe", "register_recipe", "get_recipe", "list_recipes"]
+__all__ = ["LossFn", "EvalFn", "RecipeParts", "Recipe", "register_recipe", "get_recipe",
+           "list_recipes"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class RecipeParts:
         loss_fn: ``(model, batch) -> loss | (loss, metrics)``; default ``model.loss(batch)``.
         collate_fn: batches a list of samples; default ``torch.utils.data.default_collate``.
         tokens_per_sample: when set, throughput is reported in tokens/s instead of samples/s.
+        evaluate: ``(model, step) -> {name: float}``: held-out metrics that are not means of
+            per-batch values (e.g. read from attention maps), computed at every evaluation
+            (``step`` is None outside training) and merged, unprefixed, into the eval record,
+            hence into ``TrainResult.eval`` and the weights card.
     """
 
     model: nn.Module
@@ -46,6 +52,7 @@ class RecipeParts:
     loss_fn: LossFn | None = None
     collate_fn: Callable[[list[Any]], Any] | None = None
     tokens_per_sample: int | None = None
+    evaluate: EvalFn | None = None
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,15 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as pdist
-from .recipes import LossFn, Recipe, RecipeParts, get_recipe, list_recipes, register_recipe
+from .recipes import (
+    EvalFn,
+    LossFn,
+    Recipe,
+    RecipeParts,
+    get_recipe,
+    list_recipes,
+    register_recipe,
+)
 from .train_config import TrainConfig
 
 __all__ = [
@@ -157,6 +165,8 @@ class Trainer:
         tokens_per_sample: report tokens/s instead of samples/s.
         on_step: called with the step number after every optimiser step (rank-local);
             an exception raised there stops the run like a crash would.
+        evaluate_fn: ``(model, step) -> metrics`` run on rank 0 at every evaluation, in eval
+            mode without gradients (``RecipeParts.evaluate``).
     """
 
     def __init__(
@@ -170,6 +180,7 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         tokens_per_sample: int | None = None,
         on_step: Callable[[int], None] | None = None,
+        evaluate_fn: EvalFn | None = None,
     ) -> None:
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -178,6 +189,7 @@ class Trainer:
         self.loss_module = _LossModule(model, loss_fn or _default_loss)
         self.collate = collate_fn or default_collate
         self.tokens_per_sample, self.on_step = tokens_per_sample, on_step
+        self.evaluate_fn = evaluate_fn
         self.out_dir = Path(cfg.out_dir)
 
     def fit(self, resume: str | Path | None = None) -> TrainResult:
@@ -287,10 +299,10 @@ class Trainer:
                 bar.update(1)
                 t_side = time.perf_counter()
                 busy += t_side - t_step  # logging included; evaluation and saving are not
-                if self.eval_set is not None and (
+                if (self.eval_set is not None or self.evaluate_fn is not None) and (
                     (cfg.eval_every and done % cfg.eval_every == 0) or done == total
                 ):
-                    result.eval = self.evaluate(info)
+                    result.eval = self.evaluate(info, step=done)
                     result.records.append(log.write({"step": done, **result.eval}))
                 if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == total:
                     self._save(info, opt, scaler, done, sampler.position(done))
@@ -320,12 +332,19 @@ class Trainer:
         pdist.barrier(info)
 
     @torch.no_grad()
-    def evaluate(self, info: pdist.DistInfo | None = None) -> dict[str, float]:
-        """Mean loss and metrics over the eval set (sharded over ranks), ``eval_`` prefixed."""
-        if self.eval_set is None:
+    def evaluate(
+        self, info: pdist.DistInfo | None = None, step: int | None = None
+    ) -> dict[str, float]:
+        """Mean loss and metrics over the eval set (sharded over ranks), ``eval_`` prefixed,
+        and on rank 0 the metrics of ``evaluate_fn(model, step)``."""
+        if self.eval_set is None and self.evaluate_fn is None:
             return {}
         info = info or pdist.setup(self.cfg.device)
         self.model.eval()
+        extra = self.evaluate_fn(self.model, step) if self.evaluate_fn and info.is_main else {}
+        if self.eval_set is None:
+            self.model.train()
+            return dict(extra)
         n = len(self.eval_set)
         mine = list(range(info.rank, n, info.world_size))
         bs = max(1, self.cfg.batch_size // info.world_size)
@@ -339,7 +358,8 @@ class Trainer:
         self.model.train()
         names = sorted(sums)
         vec = pdist.all_reduce_sum(torch.stack([torch.as_tensor(sums[k]) for k in names]), info)
-        return {f"eval_{k}": float(v) / n for k, v in zip(names, vec, strict=True)}
+        out = {f"eval_{k}": float(v) / n for k, v in zip(names, vec, strict=True)}
+        return {**out, **extra}
 
 
 class _MetricsLog:
@@ -401,6 +421,7 @@ def train(
         collate_fn=parts.collate_fn,
         tokens_per_sample=parts.tokens_per_sample,
         on_step=on_step,
+        evaluate_fn=parts.evaluate,
     )
     result = trainer.fit(resume)
     result.model = parts.model

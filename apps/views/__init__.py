@@ -6,8 +6,10 @@ and JSON); the head view returns HTML for ``gr.HTML(html, js_on_load=head_view_j
 """
 
 from .arcs import piano_roll_arcs, sequence_arcs
+from .checkpoint_plot import plot_checkpoint
 from .colors import CMAP_NAME, colorbar_image, colorize, lut, normalize
 from .export import View, export, figure_svg, raster_svg
+from .head_gallery import BEHAVIOUR_COLORS, behaviour_color, head_gallery, head_gallery_html
 from .head_view import (
     head_colors,
     head_view_css,
@@ -23,8 +25,10 @@ from .plots import figure_to_image, plot_bench, plot_curves, save_figure
 from .reduce import downsample, pool_labels, thin_labels, topk_rows
 
 __all__ = [
+    "BEHAVIOUR_COLORS",
     "CMAP_NAME",
     "View",
+    "behaviour_color",
     "colorbar_image",
     "colorize",
     "downsample",
@@ -32,6 +36,8 @@ __all__ = [
     "figure_svg",
     "figure_to_image",
     "head_colors",
+    "head_gallery",
+    "head_gallery_html",
     "head_view_css",
     "head_view_data",
     "head_view_html",
@@ -45,6 +51,7 @@ __all__ = [
     "piano_roll_arcs",
     "payload_from_html",
     "plot_bench",
+    "plot_checkpoint",
     "plot_curves",
     "pool_labels",
     "raster_svg",
