@@ -20,3 +20,4 @@ def test_readme_python_examples_run():
     assert ns["maps"]["blocks.2.attn"].shape == (2, 2, 128, 128)
     assert not torch.equal(ns["y"], ns["y_ablated"])
     assert ns["same"] is True
+    assert ns["emb"].shape == (2, 384) and ns["weights"].shape == (6, 12, 12, 12)
