@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnlab.bench.harness import matmul_gflops
+from attnlab.bench.harness import matmul_gflops, torch_threads
 from attnlab.core import masks as M
 from attnlab.core.attention import attention
 from attnlab.core.blocks import TransformerEncoder
@@ -423,13 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "core.json"))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args, argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:

@@ -10,11 +10,27 @@ Run alone (``attnlab bench harness``) it prints the matmul rate.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from attnlab.core.timing import measure
 
-__all__ = ["matmul_gflops", "main"]
+__all__ = ["matmul_gflops", "torch_threads", "main"]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (``n <= 0``: leave the count as it is), and
+    restore the count afterwards."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from attnlab.bench.harness import torch_threads
 from attnlab.core.capture import record_attention
 from attnlab.core.timing import Measurement, time_runs
 
@@ -199,13 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "text.json"))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args, argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
