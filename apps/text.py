@@ -33,6 +33,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from attnlab.apps import guard
 from attnlab.apps import text_lab as lab
 from attnlab.apps.text_lab import as_choice, as_float, as_index_or_mean, as_int, as_text, refusals
 from attnlab.apps.views import (
@@ -554,7 +555,7 @@ def build() -> gr.Blocks:
                                       label="layer")
                 p_head = gr.Dropdown(_choices(enc_heads, "head"), value="mean", label="head")
                 compare = gr.Button("Compare", variant="primary", elem_id="text-compare")
-            sim = gr.Number(label="cosine similarity", interactive=False,
+            sim = guard.Number(label="cosine similarity", interactive=False,
                             elem_id="text-similarity")
             p_info = gr.Markdown()
             with gr.Row():
@@ -564,15 +565,15 @@ def build() -> gr.Blocks:
             gr.Markdown("#### Ablate a head\nZero one head (or replace its output by its mean) "
                         "and embed both sentences again.")
             with gr.Row():
-                ab_layer = gr.Number(0, precision=0, minimum=0, maximum=enc_layers - 1,
+                ab_layer = guard.Number(0, precision=0, minimum=0, maximum=enc_layers - 1,
                                      label=f"layer (0-{enc_layers - 1})")
-                ab_head = gr.Number(0, precision=0, minimum=0, maximum=enc_heads - 1,
+                ab_head = guard.Number(0, precision=0, minimum=0, maximum=enc_heads - 1,
                                     label=f"head (0-{enc_heads - 1})")
                 ab_mode = gr.Radio(list(MODES), value="zero", label="ablation")
                 ablate = gr.Button("Ablate", elem_id="text-ablate")
             with gr.Row():
-                ab_before = gr.Number(label="similarity", interactive=False)
-                ab_after = gr.Number(label="similarity with the head ablated",
+                ab_before = guard.Number(label="similarity", interactive=False)
+                ab_after = guard.Number(label="similarity with the head ablated",
                                      interactive=False)
             ab_info = gr.Markdown()
             compare.click(compare_pair, [pa, pb, p_layer, p_head], [sim, p_info, p_map, p_hv],
@@ -591,13 +592,13 @@ def build() -> gr.Blocks:
                                     label="prompt", max_length=lab.MAX_PROMPT_CHARS, scale=3,
                                     elem_id="text-prompt")
                 with gr.Column(scale=2):
-                    n_new = gr.Slider(1, lab.MAX_NEW_TOKENS, 60, step=1,
+                    n_new = guard.Slider(1, lab.MAX_NEW_TOKENS, 60, step=1,
                                       label="characters to generate")
-                    temp = gr.Slider(0.0, 2.0, 0.8, step=0.05, label="temperature (0 = greedy)")
+                    temp = guard.Slider(0.0, 2.0, 0.8, step=0.05, label="temperature (0 = greedy)")
                     with gr.Row():
-                        top_k = gr.Number(0, precision=0, minimum=0, label="top-k (0 = off)")
-                        top_p = gr.Slider(0.05, 1.0, 0.95, step=0.05, label="top-p")
-                        seed = gr.Number(0, precision=0, minimum=0, label="seed")
+                        top_k = guard.Number(0, precision=0, minimum=0, label="top-k (0 = off)")
+                        top_p = guard.Slider(0.05, 1.0, 0.95, step=0.05, label="top-p")
+                        seed = guard.Number(0, precision=0, minimum=0, label="seed")
                     gen = gr.Button("Generate", variant="primary", elem_id="text-generate")
             out = gr.HighlightedText(label="text", color_map={"generated": "#56B4E9",
                                                               "prompt": "#E69F00"},
@@ -605,7 +606,7 @@ def build() -> gr.Blocks:
             g_info = gr.Markdown()
             state = gr.State(None)
             with gr.Row():
-                step = gr.Slider(1, lab.MAX_NEW_TOKENS, 1, step=1, label="generated character",
+                step = guard.Slider(1, lab.MAX_NEW_TOKENS, 1, step=1, label="generated character",
                                  interactive=False, scale=3)
                 s_layer = gr.Dropdown(_choices(ch_layers, "layer"), value="mean", label="layer")
                 s_head = gr.Dropdown(_choices(ch_heads, "head"), value="mean", label="head")
@@ -632,7 +633,7 @@ def build() -> gr.Blocks:
                         "its training checkpoints: the loss drops when a head starts to attend "
                         "to the token after the previous occurrence of the current one.")
             if cks:
-                ck = gr.Slider(0, len(cks) - 1, len(cks) - 1, step=1,
+                ck = guard.Slider(0, len(cks) - 1, len(cks) - 1, step=1,
                                label="checkpoint (" + ", ".join(f"{i}: step {s}"
                                                                 for i, (s, _) in enumerate(cks))
                                + ")", elem_id="text-checkpoint")
@@ -669,9 +670,9 @@ def build() -> gr.Blocks:
                 a_tables = gr.HTML()
                 a_hv = gr.HTML("", js_on_load=head_view_js())
             with gr.Row():
-                g_layer = gr.Number(0, precision=0, minimum=0, maximum=ag_layers - 1,
+                g_layer = guard.Number(0, precision=0, minimum=0, maximum=ag_layers - 1,
                                     label=f"layer to ablate (0-{ag_layers - 1})")
-                g_head = gr.Number(0, precision=0, minimum=0, maximum=ag_heads - 1,
+                g_head = guard.Number(0, precision=0, minimum=0, maximum=ag_heads - 1,
                                    label=f"head to ablate (0-{ag_heads - 1})")
                 g_btn = gr.Button("Ablate")
             g_info = gr.Markdown()

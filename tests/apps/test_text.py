@@ -340,3 +340,26 @@ def test_checkpoint_plot_marks_the_step():
     a, b = np.asarray(plot_checkpoint(recs, 200)), np.asarray(plot_checkpoint(recs, 800))
     assert a.shape == b.shape and not np.array_equal(a, b)
     assert isinstance(plot_checkpoint([{"step": 1}, "junk"], 1), Image.Image)  # nothing to draw
+
+
+def test_components_refuse_malformed_payloads_with_a_sentence():
+    """The API layer: every input component of every listener either accepts a malformed value
+    or raises gr.Error with a message (never an exception Gradio would show without one)."""
+    from attnlab.apps import text as text_app
+
+    page = text_app.build()
+    silent = []
+    for fn in page.fns.values():
+        for comp in fn.inputs:
+            if not hasattr(comp, "preprocess") or type(comp).__name__ == "State":
+                continue
+            for bad in (None, "", "abc", "12", -1, 2.5, 10**9, float("nan"), float("inf"), [],
+                        {}, True, [1, 2], {"a": 1}):
+                try:
+                    comp.preprocess(bad)
+                except gr.Error as e:
+                    if not str(e.message).strip():
+                        silent.append((fn.api_name, comp.label, bad, "empty"))
+                except Exception as e:  # noqa: BLE001 - what we are hunting
+                    silent.append((fn.api_name, comp.label, bad, f"{type(e).__name__}: {e}"))
+    assert not silent, silent[:10]
