@@ -96,7 +96,7 @@ def _train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from attnlab.core import registry
-    from attnlab.core.train import train
+    from attnlab.core.train import get_recipe, train
 
     cfg = _train_config(args)
     out = Path(cfg.out_dir)
@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "recipe": cfg.recipe,
             "command": "attnlab " + " ".join(shlex.quote(a) for a in args.argv),
             "data": {"name": cfg.data, **cfg.data_args},
-            "split": "train: data_args seed stream 2*seed; eval: 2*seed+1 (see the recipe)",
+            "split": get_recipe(cfg.recipe).split,
             "metrics": summary,
             "train_config": cfg.to_dict(),
         }

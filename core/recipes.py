@@ -64,19 +64,21 @@ class Recipe:
         build: ``build(cfg) -> RecipeParts``.
         defaults: the run config before the user's overrides (its ``recipe`` is ``name``).
         description: one line for listings.
+        split: how training and held-out data are kept apart (written into weights cards).
     """
 
     name: str
     build: BuildFn
     defaults: TrainConfig
     description: str = ""
+    split: str = "train: data_args seed stream 2*seed; eval: 2*seed+1 (see the recipe)"
 
 
 _RECIPES: dict[str, Recipe] = {}
 
 
 def register_recipe(
-    name: str, defaults: TrainConfig, description: str = ""
+    name: str, defaults: TrainConfig, description: str = "", split: str | None = None
 ) -> Callable[[BuildFn], BuildFn]:
     """Register ``build(cfg) -> RecipeParts`` as the training recipe ``name``.
 
@@ -84,13 +86,15 @@ def register_recipe(
         name: recipe name; a second registration under it raises ``ValueError``.
         defaults: the recipe's run config (``recipe`` is set to ``name``).
         description: one line; default the first line of the builder's docstring.
+        split: how the recipe keeps held-out data apart (default: disjoint seed streams).
     """
 
     def deco(build: BuildFn) -> BuildFn:
         if name in _RECIPES:
             raise ValueError(f"recipe {name!r} is already registered")
         doc = description or (build.__doc__ or "").strip().split("\n")[0]
-        _RECIPES[name] = Recipe(name, build, defaults.replace(recipe=name), doc)
+        kw = {} if split is None else {"split": split}
+        _RECIPES[name] = Recipe(name, build, defaults.replace(recipe=name), doc, **kw)
         return build
 
     return deco

@@ -165,6 +165,7 @@ def _snapshotter(cfg: TrainConfig, name: str, steps: list[int], probe: EvalFn) -
 
 @register_recipe(
     "text/induction",
+    split="train: generator seed 2*seed; held out: seed 2*seed+1 (fresh random tokens and periods)",
     defaults=TrainConfig(
         model="text_induction",
         data="induction",
@@ -211,6 +212,8 @@ def induction_recipe(cfg: TrainConfig) -> RecipeParts:
 
 @register_recipe(
     "text/agreement",
+    split=("held out: sentences whose (subject noun, verb) lemma pair is never seen in "
+           "training (held_out_pair: one pair in five)"),
     defaults=TrainConfig(
         model="text_agreement",
         data="agreement",
@@ -246,6 +249,8 @@ def agreement_recipe(cfg: TrainConfig) -> RecipeParts:
 
 @register_recipe(
     "text/chars",
+    split=("held out: the last held_out_fraction (5 %) of the text; training windows come "
+           "from the rest"),
     defaults=TrainConfig(
         model="text_chars",
         data="chars",
