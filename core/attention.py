@@ -147,11 +147,19 @@ def _all_finite(t: Tensor) -> bool:
     return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
 
 
-def _check_inputs_finite(q: Tensor, k: Tensor, v: Tensor) -> None:
-    # before any backend runs: fused kernels may turn a NaN row into a silent row of zeros
+def check_inputs_finite(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Raise ValueError naming q, k or v when it holds NaN or Inf (one reduction each). Run it
+    before any kernel: fused kernels may turn a NaN row into a silent row of zeros."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not _all_finite(t):
             raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def check_output_finite(out: Tensor) -> None:
+    """Raise ValueError when an output computed from finite inputs is not finite."""
+    if not _all_finite(out):
+        raise ValueError("attention produced NaN or Inf from finite inputs (overflow in low "
+                         "precision, or an additive attn_mask with NaN/+Inf)")
 
 
 def attention(
@@ -228,11 +236,10 @@ def attention(
     if check_finite is None:
         check_finite = q.device.type == "cpu" and not torch.compiler.is_compiling()
     if check_finite:
-        _check_inputs_finite(q, k, v)
+        check_inputs_finite(q, k, v)
     out, weights, lse = _BACKENDS[name].forward(q4, k4, v4, call)
-    if check_finite and not _all_finite(out):
-        raise ValueError("attention produced NaN or Inf from finite inputs (overflow in low "
-                         "precision, or an additive attn_mask with NaN/+Inf)")
+    if check_finite:
+        check_output_finite(out)
     if q.dim() != 4:
         out = out.reshape(*lead, Hq, L, out.shape[-1])
     if not (return_weights or return_lse):

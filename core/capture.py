@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +42,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attention import AttentionCall, attention, expand_kv
+from .attention import (
+    AttentionCall,
+    attention,
+    check_inputs_finite,
+    check_output_finite,
+    expand_kv,
+)
 from .attn_weights import attention_call, explicit_attention, lse_weights
 from .backends.tiled_kernels import fused_lse_available
 from .compat import MultiheadAttention
@@ -320,11 +325,12 @@ class _Recorder:
             # costs about what the fused kernel does (measured on CPU at L <= 512), so the
             # weights come almost free, and exactly as the math backend computes them. Dropout
             # and retain_grad need this path: the output must be made from these weights.
+            check = q.device.type == "cpu"  # attention()'s default check_finite
+            if check:
+                check_inputs_finite(q, k, v)
             out, w = explicit_attention(q, k, v, call)
-            # what attention() checks on CPU: a NaN/Inf input reaches the output
-            if out.device.type == "cpu" and not math.isfinite(float(out.detach().sum())):
-                raise ValueError("attention produced NaN or Inf: q, k or v (or an additive "
-                                 "attn_mask) holds NaN or Inf values")
+            if check:
+                check_output_finite(out)
             if o["retain_grad"]:
                 if w.requires_grad:
                     w.retain_grad()
