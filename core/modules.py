@@ -116,7 +116,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = head_dim**-0.5 if scale is None else float(scale)
         qb, kb, vb = _bias_flags(qkv_bias)
-        self.qkv_bias, self._loose = (qb, kb, vb), False
+        # the fused projection's bias parts ((name, size), ...) when it has none of its own
+        self.qkv_bias, self._loose = (qb, kb, vb), ()
         inner, kv_inner = num_heads * head_dim, num_kv_heads * head_dim
         if cross:
             kdim = dim if kdim is None else kdim
@@ -125,7 +126,8 @@ class MultiHeadAttention(nn.Module):
             self.q = nn.Linear(dim, inner, bias=qb)
             if kdim == vdim:
                 self.kv = nn.Linear(kdim, 2 * kv_inner, bias=kb and vb)
-                self._loose_bias(kv_inner, k=kb and not vb, v=vb and not kb)
+                if kb != vb:
+                    self._loose_bias((("k_bias", kb, kv_inner), ("v_bias", vb, kv_inner)))
             else:
                 self.k = nn.Linear(kdim, kv_inner, bias=kb)
                 self.v = nn.Linear(vdim, kv_inner, bias=vb)
@@ -134,7 +136,8 @@ class MultiHeadAttention(nn.Module):
             same = qb == kb == vb
             self.qkv = nn.Linear(dim, inner + 2 * kv_inner, bias=qb and same)
             if not same:
-                self._loose_bias(kv_inner, q=qb, k=kb, v=vb, q_size=inner)
+                self._loose_bias((("q_bias", qb, inner), ("k_bias", kb, kv_inner),
+                                  ("v_bias", vb, kv_inner)))
         self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(dropout)
         self.pos = build_position(pos, num_heads=num_heads, head_dim=head_dim, max_len=max_len,
@@ -143,37 +146,23 @@ class MultiHeadAttention(nn.Module):
         self._observer = None
 
     # -- projections ---------------------------------------------------------------------------
-    def _loose_bias(self, kv_inner: int, *, q: bool = False, k: bool = False, v: bool = False,
-                    q_size: int = 0) -> None:
-        """Bias parameters of the projections whose fused Linear has none."""
-        self._loose = q or k or v
-        for name, on, n in (("q_bias", q, q_size), ("k_bias", k, kv_inner),
-                            ("v_bias", v, kv_inner)):
+    def _loose_bias(self, parts: Sequence[tuple[str, bool, int]]) -> None:
+        """Bias parameters ``(name, on, size)`` of the projections a fused Linear without a bias
+        holds; the parts that are off are zeros in its bias."""
+        self._loose = tuple((name, n) for name, _, n in parts)
+        for name, on, n in parts:
             if on:
                 self.register_parameter(name, nn.Parameter(torch.zeros(n)))
 
-    def _fused_bias(self, parts: Sequence[tuple[str, int]]) -> Tensor | None:
-        """The bias of a fused projection assembled from loose parts (zeros where absent)."""
-        got = [getattr(self, name, None) for name, _ in parts]
-        if all(b is None for b in got):
-            return None
-        ref = next(b for b in got if b is not None)
-        return torch.cat([b if b is not None else ref.new_zeros(n)
-                          for b, (_, n) in zip(got, parts, strict=True)])
-
-    def _qkv(self, x: Tensor) -> Tensor:
+    def _in_proj(self, linear: nn.Linear, x: Tensor) -> Tensor:
+        """``linear(x)``; with loose biases, the fused bias assembled from them (zeros where a
+        projection has none)."""
         if not self._loose:
-            return self.qkv(x)
-        inner, kv_inner = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        bias = self._fused_bias([("q_bias", inner), ("k_bias", kv_inner), ("v_bias", kv_inner)])
-        return F.linear(x, self.qkv.weight, bias)
-
-    def _kv(self, x: Tensor) -> Tensor:
-        if not self._loose:
-            return self.kv(x)
-        kv_inner = self.num_kv_heads * self.head_dim
-        return F.linear(x, self.kv.weight, self._fused_bias([("k_bias", kv_inner),
-                                                             ("v_bias", kv_inner)]))
+            return linear(x)
+        w = linear.weight
+        bias = torch.cat([getattr(self, name) if hasattr(self, name) else w.new_zeros(n)
+                          for name, n in self._loose])
+        return F.linear(x, w, bias)
 
     @torch.no_grad()
     def load_qkv(
@@ -237,7 +226,7 @@ class MultiHeadAttention(nn.Module):
                 "" if self.kdim == self.vdim else f" keys and (B, S, {self.vdim}) values") +
                 f", got {_shapes(context)}")
         if hasattr(self, "kv"):
-            k, v = self._kv(kin).chunk(2, dim=-1)
+            k, v = self._in_proj(self.kv, kin).chunk(2, dim=-1)
         else:
             k, v = self.k(kin), self.v(vin)
         return self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
@@ -267,7 +256,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("this is a self-attention layer: build it with cross=True (or "
                              "kdim/vdim) to attend to a context")
         B, L, _ = x.shape
-        qkv = self._qkv(x).view(B, L, H + 2 * Hk, self.head_dim).transpose(1, 2)
+        qkv = self._in_proj(self.qkv, x).view(B, L, H + 2 * Hk, self.head_dim).transpose(1, 2)
         q, k, v = qkv.split([H, Hk, Hk], dim=1)  # (B, H, L, D), (B, Hk, L, D) x 2
         offset = 0 if kv_cache is None else kv_cache.length
         if self.pos is not None:
