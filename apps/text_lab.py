@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from attnlab.apps import guard
 from attnlab.core import registry
 from attnlab.core.capture import record_attention
 
@@ -59,90 +59,14 @@ GALLERY_CORPUS = (
 # ------------------------------------------------------------------------------------------
 # form values -> checked Python values (gr.Error otherwise)
 # ------------------------------------------------------------------------------------------
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or value is None or isinstance(value, (list, dict, tuple, set)):
-        raise gr.Error(f"{name} must be a number, got {_show(value)}: enter a number.")
-    try:
-        f = float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise gr.Error(f"{name} must be a number, got {_show(value)}: enter a number.") from None
-    if not math.isfinite(f):
-        raise gr.Error(f"{name} must be a finite number, got {_show(value)}: enter a number.")
-    return f
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def as_int(value: Any, name: str, lo: int, hi: int) -> int:
-    """A whole number in [lo, hi] from a form value (numbers, numeric strings)."""
-    f = _number(value, name)
-    if f != int(f):
-        raise gr.Error(f"{name} must be a whole number, got {_show(value)}: enter one from "
-                       f"{lo} to {hi}.")
-    n = int(f)
-    if not lo <= n <= hi:
-        raise gr.Error(f"{name} must be from {lo} to {hi}, got {n}: choose a value in range.")
-    return n
-
-
-def as_float(value: Any, name: str, lo: float, hi: float, *, open_lo: bool = False) -> float:
-    """A number in [lo, hi] (or (lo, hi] with ``open_lo``) from a form value."""
-    f = _number(value, name)
-    if f < lo or f > hi or (open_lo and f == lo):
-        rng = f"above {lo} and at most {hi}" if open_lo else f"from {lo} to {hi}"
-        raise gr.Error(f"{name} must be {rng}, got {f:g}: choose a value in range.")
-    return f
-
-
-def as_text(value: Any, name: str, max_chars: int) -> str:
-    """Non-blank text of at most ``max_chars`` characters."""
-    if not isinstance(value, str):
-        raise gr.Error(f"{name} must be text, got {type(value).__name__}: type some words.")
-    if not value.strip():
-        raise gr.Error(f"{name} is empty: type some words.")
-    if len(value) > max_chars:
-        raise gr.Error(f"{name} is {len(value):,} characters long: shorten it to at most "
-                       f"{max_chars:,} characters.")
-    return value
-
-
-def as_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise gr.Error(f"{name} must be one of {', '.join(choices)}, got {_show(value)}: pick "
-                       "one of them.")
-    return value
-
-
-def as_index_or_mean(value: Any, name: str, n: int) -> int | None:
-    """``None`` for "mean" (average over all), else an index in [0, n)."""
-    if isinstance(value, str) and value.strip().lower() in ("mean", "average", "all"):
-        return None
-    return as_int(value, name, 0, n - 1)
+# (the checks live in apps/guard.py, shared by every tab; re-exported here for apps/text.py)
+as_choice, as_float, as_index_or_mean, as_int, as_text = (
+    guard.as_choice, guard.as_float, guard.as_index_or_mean, guard.as_int, guard.as_text)
 
 
 def refusals(what: str) -> Callable:
-    """Decorator of a handler: ``gr.Error`` passes through; any other exception becomes a
-    ``gr.Error`` saying that ``what`` failed, why, and to change the input (never a bare
-    traceback in the page)."""
-
-    def deco(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def handler(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as e:  # noqa: BLE001 -- every failure must reach the page as text
-                log.exception("text demo: %s failed", what)
-                msg = str(e).strip() or type(e).__name__
-                raise gr.Error(f"Could not {what}: {msg}. Change the input and try again.") from e
-
-        return handler
-
-    return deco
+    """``guard.user_errors`` for a handler that does ``what`` (its refusals say so)."""
+    return functools.partial(guard.user_errors, what=what)
 
 
 # ------------------------------------------------------------------------------------------
