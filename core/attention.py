@@ -31,14 +31,32 @@ from .call import AttentionCall, expand_kv
 from .masks import Mask, causal
 from .scores import ScoreMod
 
-__all__ = ["attention", "AttentionOutput", "AttentionCall", "expand_kv", "BACKENDS",
-           "choose_backend"]
+__all__ = [
+    "attention",
+    "AttentionOutput",
+    "AttentionCall",
+    "expand_kv",
+    "BACKENDS",
+    "choose_backend",
+]
 
 # modules, not their functions: ``forward`` is looked up per call (tests patch it)
 _BACKENDS = {"math": math_backend, "sdpa": sdpa, "tiled": tiled, "linear": linear}
 BACKENDS = tuple(_BACKENDS)
-# a mask that removes blocks pays off in the tiled backend above this many score entries
+# a mask that removes blocks pays off in the tiled backend above this many score entries: on
+# the CPU (``attnlab bench core``), and on CUDA, where torch's fused kernels are far ahead of a
+# loop over blocks until the masked-out area dominates (``attnlab bench gpu`` on an H100, sliding
+# window 256: tiled 5.6x slower than dense-mask SDPA at L=4096 in bf16, 0.63x of its time for
+# forward + backward at L=16384; in fp32 0.51x at 4096 and 0.12x at 16384)
 _TILED_MIN_SCORES = 512 * 512
+_TILED_MIN_SCORES_CUDA = {torch.float32: 4096 * 4096, torch.float64: 4096 * 4096}
+_TILED_MIN_SCORES_CUDA_HALF = 16384 * 16384
+
+
+def _tiled_min_scores(device: torch.device | None, dtype: torch.dtype | None) -> int:
+    if device is None or device.type != "cuda":
+        return _TILED_MIN_SCORES
+    return _TILED_MIN_SCORES_CUDA.get(dtype, _TILED_MIN_SCORES_CUDA_HALF)
 
 
 class AttentionOutput(NamedTuple):
@@ -49,17 +67,23 @@ class AttentionOutput(NamedTuple):
     lse: Tensor | None  # (..., H, L), log-sum-exp of the masked scaled scores (-inf if none)
 
 
-def choose_backend(call: AttentionCall, L: int, S: int) -> str:
+def choose_backend(
+    call: AttentionCall,
+    L: int,
+    S: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> str:
     """The backend ``auto`` picks: weights need ``math``; non-additive score modifiers and the
-    log-sum-exp need ``tiled``; masks that remove whole blocks use ``tiled`` on long inputs;
-    everything else goes to torch's fused kernels."""
+    log-sum-exp need ``tiled``; masks that remove whole blocks use ``tiled`` on long inputs
+    (longer on CUDA, longer still in 16-bit); everything else goes to torch's fused kernels."""
     if call.need_weights:
         return "math"
     if call.need_lse or (call.score_mod is not None and not call.score_mod.additive):
         return "tiled"
     if call.mask is None or call.is_plain_causal:
         return "sdpa"
-    if L * S >= _TILED_MIN_SCORES and call.attn_mask is None:
+    if L * S >= _tiled_min_scores(device, dtype) and call.attn_mask is None:
         return "tiled"
     return "sdpa"
 
@@ -70,8 +94,10 @@ def _check_tensor(name: str, t) -> None:
     if not t.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if t.dim() < 3:
-        raise ValueError(f"{name} must have shape (..., H, L, D) with at least 3 dims, "
-                         f"got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape (..., H, L, D) with at least 3 dims, "
+            f"got shape {tuple(t.shape)}"
+        )
 
 
 def _validate(q, k, v, attn_mask, dropout_p, scale, enable_gqa, mask, score_mod):
@@ -82,11 +108,15 @@ def _validate(q, k, v, attn_mask, dropout_p, scale, enable_gqa, mask, score_mod)
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if not (q.dim() == k.dim() == v.dim()):
-        raise ValueError(f"q, k, v must have the same rank, got shapes {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"q, k, v must have the same rank, got shapes {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if not (q.shape[:-3] == k.shape[:-3] == v.shape[:-3]):
-        raise ValueError(f"batch dims of q {tuple(q.shape[:-3])}, k {tuple(k.shape[:-3])} and "
-                         f"v {tuple(v.shape[:-3])} differ (no implicit broadcasting)")
+        raise ValueError(
+            f"batch dims of q {tuple(q.shape[:-3])}, k {tuple(k.shape[:-3])} and "
+            f"v {tuple(v.shape[:-3])} differ (no implicit broadcasting)"
+        )
     Hq, L, D = q.shape[-3:]
     Hk, S, Dk = k.shape[-3:]
     if Dk != D:
@@ -99,34 +129,44 @@ def _validate(q, k, v, attn_mask, dropout_p, scale, enable_gqa, mask, score_mod)
         raise ValueError(f"empty attention: L={L} queries, S={S} keys, head dim {D}")
     if Hq != Hk:
         if not enable_gqa:
-            raise ValueError(f"q has {Hq} heads but k/v have {Hk}: pass enable_gqa=True for "
-                             "grouped-query attention")
+            raise ValueError(
+                f"q has {Hq} heads but k/v have {Hk}: pass enable_gqa=True for "
+                "grouped-query attention"
+            )
         if Hq % Hk:
-            raise ValueError(f"grouped-query attention needs q heads ({Hq}) to be a multiple "
-                             f"of k/v heads ({Hk})")
+            raise ValueError(
+                f"grouped-query attention needs q heads ({Hq}) to be a multiple of k/v heads ({Hk})"
+            )
     if not (0.0 <= dropout_p < 1.0):
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)
-                                  and scale > 0):
+    if scale is not None and not (
+        isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0
+    ):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     if attn_mask is not None:
         if not isinstance(attn_mask, Tensor):
             raise TypeError(f"attn_mask must be a tensor, got {type(attn_mask).__name__}")
         if not (attn_mask.dtype == torch.bool or attn_mask.dtype.is_floating_point):
-            raise TypeError(f"attn_mask must be bool (True = attend) or float (added to the "
-                            f"scores), got dtype {attn_mask.dtype}")
+            raise TypeError(
+                f"attn_mask must be bool (True = attend) or float (added to the "
+                f"scores), got dtype {attn_mask.dtype}"
+            )
         target = (*q.shape[:-1], S)
         shp = tuple(attn_mask.shape)
         ok = len(shp) <= len(target) and all(
-            a in (1, b) for a, b in zip(reversed(shp), reversed(target), strict=False))
+            a in (1, b) for a, b in zip(reversed(shp), reversed(target), strict=False)
+        )
         if not ok or len(shp) < 2 or shp[-1] != S or shp[-2] not in (1, L):
-            raise ValueError(f"attn_mask of shape {shp} does not fit attention scores of shape "
-                             f"{target} (..., H, L, S)")
+            raise ValueError(
+                f"attn_mask of shape {shp} does not fit attention scores of shape "
+                f"{target} (..., H, L, S)"
+            )
     if mask is not None and not isinstance(mask, Mask):
         raise TypeError(f"mask must be an attnlab.core.masks.Mask, got {type(mask).__name__}")
     if score_mod is not None and not isinstance(score_mod, ScoreMod):
-        raise TypeError(f"score_mod must be an attnlab.core.scores.ScoreMod, "
-                        f"got {type(score_mod).__name__}")
+        raise TypeError(
+            f"score_mod must be an attnlab.core.scores.ScoreMod, got {type(score_mod).__name__}"
+        )
     if score_mod is not None and score_mod.num_heads not in (None, Hq):
         raise ValueError(f"score_mod is built for {score_mod.num_heads} heads, q has {Hq}")
 
@@ -136,8 +176,8 @@ def _mask_to_4d(m: Tensor, lead: tuple[int, ...], B: int) -> Tensor:
     while m.dim() < len(lead) + 3:
         m = m.unsqueeze(0)
     if all(s == 1 for s in m.shape[: len(lead)]):
-        return m.reshape(1, *m.shape[len(lead):])
-    return m.expand(*lead, *m.shape[len(lead):]).reshape(B, *m.shape[len(lead):])
+        return m.reshape(1, *m.shape[len(lead) :])
+    return m.expand(*lead, *m.shape[len(lead) :]).reshape(B, *m.shape[len(lead) :])
 
 
 def _all_finite(t: Tensor) -> bool:
@@ -158,8 +198,10 @@ def check_inputs_finite(q: Tensor, k: Tensor, v: Tensor) -> None:
 def check_output_finite(out: Tensor) -> None:
     """Raise ValueError when an output computed from finite inputs is not finite."""
     if not _all_finite(out):
-        raise ValueError("attention produced NaN or Inf from finite inputs (overflow in low "
-                         "precision, or an additive attn_mask with NaN/+Inf)")
+        raise ValueError(
+            "attention produced NaN or Inf from finite inputs (overflow in low "
+            "precision, or an additive attn_mask with NaN/+Inf)"
+        )
 
 
 def attention(
@@ -220,17 +262,22 @@ def attention(
         if attn_mask.dtype != torch.bool:
             attn_mask = attn_mask.to(q.dtype)
     if mask is not None and mask.batch_size is not None and mask.batch_size != B:
-        raise ValueError(f"mask {mask.describe()} is built for batch {mask.batch_size}, "
-                         f"inputs have batch {B}")
+        raise ValueError(
+            f"mask {mask.describe()} is built for batch {mask.batch_size}, inputs have batch {B}"
+        )
     if is_causal:
         mask = causal() if mask is None else causal() & mask
     call = AttentionCall(
-        attn_mask=attn_mask, mask=mask, score_mod=score_mod,
+        attn_mask=attn_mask,
+        mask=mask,
+        score_mod=score_mod,
         scale=float(scale) if scale is not None else 1.0 / math.sqrt(D),
-        dropout_p=float(dropout_p), groups=Hq // Hk,
-        need_weights=return_weights, need_lse=return_lse,
+        dropout_p=float(dropout_p),
+        groups=Hq // Hk,
+        need_weights=return_weights,
+        need_lse=return_lse,
     )
-    name = choose_backend(call, L, S) if backend == "auto" else backend
+    name = choose_backend(call, L, S, q.device, q.dtype) if backend == "auto" else backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     if check_finite is None:

@@ -44,11 +44,36 @@ def _ref(q, k, v, allowed=None, bias=None, score_fn=None, scale=None):
     return w @ vv, lse, (q, k, v)
 
 
-def _check(backend, mask, L, S, B=2, Hq=4, Hk=2, D=16, Dv=None, seed=0, attn_mask=None,
-           score_mod=None, score_fn=None, bias=None, lse=False, atol=1e-5):
+def _check(
+    backend,
+    mask,
+    L,
+    S,
+    B=2,
+    Hq=4,
+    Hk=2,
+    D=16,
+    Dv=None,
+    seed=0,
+    attn_mask=None,
+    score_mod=None,
+    score_fn=None,
+    bias=None,
+    lse=False,
+    atol=1e-5,
+):
     q, k, v = _rand(seed, B, Hq, Hk, L, S, D, Dv)
-    res = attention(q, k, v, attn_mask=attn_mask, mask=mask, score_mod=score_mod,
-                    enable_gqa=Hq != Hk, backend=backend, return_lse=lse)
+    res = attention(
+        q,
+        k,
+        v,
+        attn_mask=attn_mask,
+        mask=mask,
+        score_mod=score_mod,
+        enable_gqa=Hq != Hk,
+        backend=backend,
+        return_lse=lse,
+    )
     out = res.output if lse else res
     allowed = None
     if mask is not None:
@@ -69,8 +94,7 @@ def _check(backend, mask, L, S, B=2, Hq=4, Hk=2, D=16, Dv=None, seed=0, attn_mas
     if lse:
         fin = torch.isfinite(ref_lse)
         assert torch.equal(torch.isfinite(res.lse), fin)
-        torch.testing.assert_close(res.lse.double()[fin], ref_lse.detach()[fin], atol=atol,
-                                   rtol=0)
+        torch.testing.assert_close(res.lse.double()[fin], ref_lse.detach()[fin], atol=atol, rtol=0)
         glse = torch.randn(ref_lse.shape, generator=torch.Generator().manual_seed(seed + 2))
         loss = loss + (res.lse.where(fin, 0) * glse).sum()
         rloss = rloss + (ref_lse.where(fin, 0) * glse.double()).sum()
@@ -78,14 +102,20 @@ def _check(backend, mask, L, S, B=2, Hq=4, Hk=2, D=16, Dv=None, seed=0, attn_mas
     rloss.backward()
     for name, t, r in zip("qkv", (q, k, v), leaves, strict=True):
         assert torch.isfinite(t.grad).all(), name
-        torch.testing.assert_close(t.grad.double(), r.grad, atol=atol * 2, rtol=1e-5,
-                                   msg=lambda m, n=name: f"grad {n}: {m}")
+        torch.testing.assert_close(
+            t.grad.double(),
+            r.grad,
+            atol=atol * 2,
+            rtol=1e-5,
+            msg=lambda m, n=name: f"grad {n}: {m}",
+        )
 
 
 def _doc_ids(B, L, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.sort(torch.randint(0, 4, (L,), generator=g)).values
-                        for _ in range(B)])
+    return torch.stack(
+        [torch.sort(torch.randint(0, 4, (L,), generator=g)).values for _ in range(B)]
+    )
 
 
 MASKS = {
@@ -100,7 +130,8 @@ MASKS = {
     "cross": lambda L, S: M.cross(torch.tensor([S, S // 2])),
     "predicate": lambda L, S: M.from_predicate(lambda b, h, q, kv: (q - kv) % 3 != 1),
     "sink_local": lambda L, S: M.from_predicate(
-        lambda b, h, q, kv: (kv // 64 == q // 64) | (kv < 64)),
+        lambda b, h, q, kv: (kv // 64 == q // 64) | (kv < 64)
+    ),
     "and": lambda L, S: M.causal() & M.key_padding(torch.tensor([S, S // 2])),
     "or": lambda L, S: M.sliding_window(30) | M.prefix_lm(10),
     "not": lambda L, S: ~M.causal(),
@@ -155,8 +186,15 @@ def test_additive_score_mods(backend):
 @pytest.mark.parametrize("backend", ["math", "tiled"])
 def test_softcap(backend):
     cap = SoftCap(2.0)
-    _check(backend, M.sliding_window(40), 170, 170, score_mod=cap,
-           score_fn=lambda s: 2.0 * torch.tanh(s / 2.0), lse=True)
+    _check(
+        backend,
+        M.sliding_window(40),
+        170,
+        170,
+        score_mod=cap,
+        score_fn=lambda s: 2.0 * torch.tanh(s / 2.0),
+        lse=True,
+    )
 
 
 def test_fully_masked_rows_zero_output_and_grad():
@@ -176,8 +214,13 @@ def test_fully_masked_rows_zero_output_and_grad():
 def test_sdpa_compatible_calls(backend):
     q, k, v = _rand(2, 2, 4, 2, 50, 70, 16)
     am = torch.rand(2, 4, 50, 70, generator=torch.Generator().manual_seed(0)) > 0.2
-    for kw in ({}, {"is_causal": True}, {"attn_mask": am}, {"scale": 0.3},
-               {"attn_mask": am.float() * -2.0, "is_causal": False}):
+    for kw in (
+        {},
+        {"is_causal": True},
+        {"attn_mask": am},
+        {"scale": 0.3},
+        {"attn_mask": am.float() * -2.0, "is_causal": False},
+    ):
         ours = attention(q, k, v, enable_gqa=True, backend=backend, **kw)
         theirs = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
         torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=1e-5)
@@ -222,14 +265,18 @@ def test_tiled_dropout_runs_per_block():
     assert torch.isfinite(out).all() and not torch.allclose(out, ref, atol=1e-3)
 
 
-@pytest.mark.skipif(not fused_lse_available(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4)),
-                    reason="no fused CPU kernel")
+@pytest.mark.skipif(
+    not fused_lse_available(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4)),
+    reason="no fused CPU kernel",
+)
 def test_flash_parts_gradcheck():
     """The merge of two fused calls, and its LSE, have exact gradients (float64 gradcheck)."""
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, 2, 5, 4, dtype=torch.float64, generator=g, requires_grad=True)
-    k1, v1, k2, v2 = (torch.randn(1, 2, n, 4, dtype=torch.float64, generator=g,
-                                  requires_grad=True) for n in (3, 3, 6, 6))
+    k1, v1, k2, v2 = (
+        torch.randn(1, 2, n, 4, dtype=torch.float64, generator=g, requires_grad=True)
+        for n in (3, 3, 6, 6)
+    )
     bias = torch.zeros(1, 1, 5, 6, dtype=torch.float64)
     bias[..., 2:, 4:] = float("-inf")
 
@@ -247,16 +294,25 @@ def _linear_dense(q, k, v, allowed):
     return (a / a.sum(-1, keepdim=True).clamp_min(1e-6)) @ v
 
 
-@pytest.mark.parametrize("mask,L,S", [(None, 60, 80), (M.causal(), 300, 300),
-                                      (M.causal("bottom_right"), 70, 260),
-                                      (M.causal(), 260, 70),
-                                      (M.causal() & M.key_padding(torch.tensor([90, 0])), 200,
-                                       200), (M.key_padding(torch.tensor([5, 40])), 30, 50)])
+@pytest.mark.parametrize(
+    "mask,L,S",
+    [
+        (None, 60, 80),
+        (M.causal(), 300, 300),
+        (M.causal("bottom_right"), 70, 260),
+        (M.causal(), 260, 70),
+        (M.causal() & M.key_padding(torch.tensor([90, 0])), 200, 200),
+        (M.key_padding(torch.tensor([5, 40])), 30, 50),
+    ],
+)
 def test_linear_matches_formula(mask, L, S):
     q, k, v = _rand(8, 2, 4, 2, L, S, 8, dtype=torch.float64)
     out = attention(q, k, v, mask=mask, backend="linear", enable_gqa=True)
-    allowed = torch.ones(2, 1, L, S, dtype=torch.bool) if mask is None else mask.dense(
-        L, S, batch=2 if mask.batch_size else None)
+    allowed = (
+        torch.ones(2, 1, L, S, dtype=torch.bool)
+        if mask is None
+        else mask.dense(L, S, batch=2 if mask.batch_size else None)
+    )
     kk, vv = (t.repeat_interleave(2, 1) for t in (k, v))
     qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, kk, vv))
     ref = _linear_dense(qr, kr, vr, allowed)
@@ -278,9 +334,16 @@ def test_linear_weights_and_performer():
     assert (approx - exact).norm() / exact.norm() < 0.1
 
 
-@pytest.mark.parametrize("kw", [{"mask": M.sliding_window(4)}, {"mask": M.document([0, 0, 1])},
-                                {"attn_mask": torch.ones(3, 3, dtype=torch.bool)},
-                                {"score_mod": SoftCap(1.0)}, {"return_lse": True}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"mask": M.sliding_window(4)},
+        {"mask": M.document([0, 0, 1])},
+        {"attn_mask": torch.ones(3, 3, dtype=torch.bool)},
+        {"score_mod": SoftCap(1.0)},
+        {"return_lse": True},
+    ],
+)
 def test_linear_refuses(kw):
     q = torch.randn(1, 1, 3, 4)
     with pytest.raises(ValueError):
@@ -288,20 +351,47 @@ def test_linear_refuses(kw):
 
 
 # -- bad input ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("args,kw,err,word", [
-    ((torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)), {}, ValueError, "q"),
-    ((torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 6), torch.randn(1, 2, 4, 6)), {},
-     ValueError, "head dim"),
-    ((torch.randn(1, 2, 4, 8),) * 3, {"attn_mask": torch.ones(4, 5, dtype=torch.bool)},
-     ValueError, "attn_mask"),
-    ((torch.randn(1, 2, 4, 8),) * 3, {"attn_mask": torch.ones(4, 4, dtype=torch.long)},
-     TypeError, "attn_mask"),
-    ((torch.full((1, 2, 4, 8), float("nan")), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)),
-     {}, ValueError, "q"),
-    ((torch.randn(1, 2, 0, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)), {},
-     ValueError, "L=0"),
-    ((torch.randn(1, 2, 4, 8),) * 3, {"mask": "causal"}, TypeError, "mask"),
-])
+@pytest.mark.parametrize(
+    "args,kw,err,word",
+    [
+        ((torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)), {}, ValueError, "q"),
+        (
+            (torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 6), torch.randn(1, 2, 4, 6)),
+            {},
+            ValueError,
+            "head dim",
+        ),
+        (
+            (torch.randn(1, 2, 4, 8),) * 3,
+            {"attn_mask": torch.ones(4, 5, dtype=torch.bool)},
+            ValueError,
+            "attn_mask",
+        ),
+        (
+            (torch.randn(1, 2, 4, 8),) * 3,
+            {"attn_mask": torch.ones(4, 4, dtype=torch.long)},
+            TypeError,
+            "attn_mask",
+        ),
+        (
+            (
+                torch.full((1, 2, 4, 8), float("nan")),
+                torch.randn(1, 2, 4, 8),
+                torch.randn(1, 2, 4, 8),
+            ),
+            {},
+            ValueError,
+            "q",
+        ),
+        (
+            (torch.randn(1, 2, 0, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)),
+            {},
+            ValueError,
+            "L=0",
+        ),
+        ((torch.randn(1, 2, 4, 8),) * 3, {"mask": "causal"}, TypeError, "mask"),
+    ],
+)
 @pytest.mark.parametrize("backend", ["tiled", "linear"])
 def test_bad_input(args, kw, err, word, backend):
     with pytest.raises(err, match=word):
@@ -346,3 +436,45 @@ def test_single_query(backend):
     q, k, v = (t.detach() for t in _rand(1, 1, 2, 2, 1, 1, 8))
     out = attention(q, k, v, backend=backend, is_causal=True)
     torch.testing.assert_close(out, v, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "L", "expected"),
+    [
+        ("cpu", torch.float32, 1024, "tiled"),
+        ("cpu", torch.float32, 256, "sdpa"),
+        ("cuda", torch.float32, 1024, "sdpa"),
+        ("cuda", torch.float32, 4096, "tiled"),
+        ("cuda", torch.bfloat16, 4096, "sdpa"),
+        ("cuda", torch.float16, 16384, "tiled"),
+    ],
+)
+def test_auto_sends_block_removing_masks_to_tiled_where_it_was_measured_faster(
+    device, dtype, L, expected
+):
+    """Crossovers from `attnlab bench core` (CPU) and `attnlab bench gpu` (H100)."""
+    from attnlab.core.attention import choose_backend
+    from attnlab.core.call import AttentionCall
+
+    call = AttentionCall(
+        attn_mask=None,
+        mask=M.sliding_window(256),
+        score_mod=None,
+        scale=0.1,
+        dropout_p=0.0,
+        groups=1,
+        need_weights=False,
+        need_lse=False,
+    )
+    assert choose_backend(call, L, L, torch.device(device), dtype) == expected
+    plain = AttentionCall(
+        attn_mask=None,
+        mask=M.causal(),
+        score_mod=None,
+        scale=0.1,
+        dropout_p=0.0,
+        groups=1,
+        need_weights=False,
+        need_lse=False,
+    )
+    assert choose_backend(plain, L, L, torch.device(device), dtype) == "sdpa"
