@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import attention
+from .attention import attention, check_inputs_finite, check_output_finite
 from .kv_cache import KVCache
 from .masks import Mask, merge_attn_masks
 from .masks import causal as causal_mask
@@ -95,8 +95,9 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"num_heads must be >= 1, got {num_heads}")
         if head_dim is None:
             if dim % num_heads:
-                raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}), "
-                                 "or give head_dim")
+                raise ValueError(
+                    f"dim ({dim}) must be divisible by num_heads ({num_heads}), or give head_dim"
+                )
             head_dim = dim // num_heads
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if num_kv_heads < 1 or num_heads % num_kv_heads:
@@ -109,9 +110,18 @@ class MultiHeadAttention(nn.Module):
         if cross and pos is not None:
             raise ValueError("pos (positional scheme) applies to self-attention only")
         self.dim, self.num_heads, self.num_kv_heads, self.head_dim = (
-            dim, num_heads, num_kv_heads, head_dim)
+            dim,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        )
         self.dropout, self.causal, self.mask, self.backend, self.cross = (
-            dropout, causal, mask, backend, cross)
+            dropout,
+            causal,
+            mask,
+            backend,
+            cross,
+        )
         if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = head_dim**-0.5 if scale is None else float(scale)
@@ -136,12 +146,14 @@ class MultiHeadAttention(nn.Module):
             same = qb == kb == vb
             self.qkv = nn.Linear(dim, inner + 2 * kv_inner, bias=qb and same)
             if not same:
-                self._loose_bias((("q_bias", qb, inner), ("k_bias", kb, kv_inner),
-                                  ("v_bias", vb, kv_inner)))
+                self._loose_bias(
+                    (("q_bias", qb, inner), ("k_bias", kb, kv_inner), ("v_bias", vb, kv_inner))
+                )
         self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(dropout)
-        self.pos = build_position(pos, num_heads=num_heads, head_dim=head_dim, max_len=max_len,
-                                  causal=causal)
+        self.pos = build_position(
+            pos, num_heads=num_heads, head_dim=head_dim, max_len=max_len, causal=causal
+        )
         # set by core.capture (record_attention, ablate_heads) and nothing else
         self._observer = None
 
@@ -160,8 +172,12 @@ class MultiHeadAttention(nn.Module):
         if not self._loose:
             return linear(x)
         w = linear.weight
-        bias = torch.cat([getattr(self, name) if hasattr(self, name) else w.new_zeros(n)
-                          for name, n in self._loose])
+        bias = torch.cat(
+            [
+                getattr(self, name) if hasattr(self, name) else w.new_zeros(n)
+                for name, n in self._loose
+            ]
+        )
         return F.linear(x, w, bias)
 
     @torch.no_grad()
@@ -181,19 +197,22 @@ class MultiHeadAttention(nn.Module):
         A bias is required exactly where this module has one (``qkv_bias``); shapes are checked.
         """
         inner, kv_inner = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        parts = (("q", q_weight, q_bias, (inner, self.dim)),
-                 ("k", k_weight, k_bias, (kv_inner, self.kdim)),
-                 ("v", v_weight, v_bias, (kv_inner, self.vdim)))
+        parts = (
+            ("q", q_weight, q_bias, (inner, self.dim)),
+            ("k", k_weight, k_bias, (kv_inner, self.kdim)),
+            ("v", v_weight, v_bias, (kv_inner, self.vdim)),
+        )
         for (name, w, b, shape), has_bias in zip(parts, self.qkv_bias, strict=True):
             if not isinstance(w, Tensor) or tuple(w.shape) != shape:
                 got = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
                 raise ValueError(f"{name}_weight must have shape {shape}, got {got}")
             if has_bias != (b is not None):
-                raise ValueError(f"{name}_bias: this module was built with qkv_bias="
-                                 f"{self.qkv_bias}; give a bias exactly where it has one")
+                raise ValueError(
+                    f"{name}_bias: this module was built with qkv_bias="
+                    f"{self.qkv_bias}; give a bias exactly where it has one"
+                )
             if b is not None and tuple(b.shape) != (shape[0],):
-                raise ValueError(f"{name}_bias must have shape ({shape[0]},), got "
-                                 f"{tuple(b.shape)}")
+                raise ValueError(f"{name}_bias must have shape ({shape[0]},), got {tuple(b.shape)}")
         (_, wq, bq, _), (_, wk, bk, _), (_, wv, bv, _) = parts
         if self.cross:
             fused = [(self.q, [(wq, bq, "q_bias")])]
@@ -220,19 +239,27 @@ class MultiHeadAttention(nn.Module):
         """Keys and values of a cross-attention context (B, S, kdim) -- or a pair (key input
         (B, S, kdim), value input (B, S, vdim)) -- each (B, Hk, S, D)."""
         kin, vin = context if isinstance(context, (tuple, list)) else (context, context)
-        if kin.dim() != 3 or vin.dim() != 3 or kin.shape[-1] != self.kdim or \
-                vin.shape[-1] != self.vdim or kin.shape[:2] != vin.shape[:2]:
-            raise ValueError(f"context must be (B, S, {self.kdim})" + (
-                "" if self.kdim == self.vdim else f" keys and (B, S, {self.vdim}) values") +
-                f", got {_shapes(context)}")
+        if (
+            kin.dim() != 3
+            or vin.dim() != 3
+            or kin.shape[-1] != self.kdim
+            or vin.shape[-1] != self.vdim
+            or kin.shape[:2] != vin.shape[:2]
+        ):
+            raise ValueError(
+                f"context must be (B, S, {self.kdim})"
+                + ("" if self.kdim == self.vdim else f" keys and (B, S, {self.vdim}) values")
+                + f", got {_shapes(context)}"
+            )
         if hasattr(self, "kv"):
             k, v = self._in_proj(self.kv, kin).chunk(2, dim=-1)
         else:
             k, v = self.k(kin), self.v(vin)
         return self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
 
-    def project(self, x: Tensor, context: Tensor | None = None,
-                kv_cache: KVCache | None = None) -> tuple[Tensor, Tensor, Tensor, int]:
+    def project(
+        self, x: Tensor, context: Tensor | None = None, kv_cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, int]:
         """q (B, H, L, D), k, v (B, Hk, S, D) after positional rotation and the cache, and the
         position offset of the queries. ``forward`` uses it; so do tests and capture."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
@@ -253,8 +280,10 @@ class MultiHeadAttention(nn.Module):
                     kv_cache.set(k, v)
             return q, k, v, 0
         if context is not None:
-            raise ValueError("this is a self-attention layer: build it with cross=True (or "
-                             "kdim/vdim) to attend to a context")
+            raise ValueError(
+                "this is a self-attention layer: build it with cross=True (or "
+                "kdim/vdim) to attend to a context"
+            )
         B, L, _ = x.shape
         qkv = self._in_proj(self.qkv, x).view(B, L, H + 2 * Hk, self.head_dim).transpose(1, 2)
         q, k, v = qkv.split([H, Hk, Hk], dim=1)  # (B, H, L, D), (B, Hk, L, D) x 2
@@ -265,8 +294,9 @@ class MultiHeadAttention(nn.Module):
             k, v = kv_cache.append(k, v)
         return q, k, v, offset
 
-    def attention_args(self, q: Tensor, S: int, offset: int, mask: Mask | None,
-                       attn_mask: Tensor | None) -> dict[str, Any]:
+    def attention_args(
+        self, q: Tensor, S: int, offset: int, mask: Mask | None, attn_mask: Tensor | None
+    ) -> dict[str, Any]:
         """Keyword arguments of ``core.attention`` for this call (masks, score modifier, bias)."""
         L = q.shape[2]
         if self.mask is not None:
@@ -282,10 +312,16 @@ class MultiHeadAttention(nn.Module):
         if self.pos is not None:
             score_mod = self.pos.score_mod()
             attn_mask = merge_attn_masks(attn_mask, self.pos.attn_bias(q, S, offset, self.scale))
-        return dict(attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0,
-                    is_causal=is_causal, scale=self.scale,
-                    enable_gqa=self.num_kv_heads != self.num_heads, mask=mask,
-                    score_mod=score_mod, backend=self.backend)
+        return dict(
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            scale=self.scale,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+            mask=mask,
+            score_mod=score_mod,
+            backend=self.backend,
+        )
 
     def forward(
         self,
@@ -308,9 +344,17 @@ class MultiHeadAttention(nn.Module):
         Returns:
             (B, L, dim).
         """
+        cached = kv_cache is not None and kv_cache.k is not None  # before this step's append
         q, k, v, offset = self.project(x, context, kv_cache)
         args = self.attention_args(q, k.shape[2], offset, mask, attn_mask)
-        if self._observer is None:
+        if self._observer is None and kv_cache is not None and _checks_finite(q):
+            # decoding: the cached keys were checked when they were appended; check only what
+            # is new (reading the whole cache each step cost ~20 % of a step at 1024 tokens)
+            new = slice(0, 0) if self.cross and cached else slice(0 if self.cross else offset, None)
+            check_inputs_finite(q, k[:, :, new], v[:, :, new])
+            o = attention(q, k, v, check_finite=False, **args)
+            check_output_finite(o)
+        elif self._observer is None:
             o = attention(q, k, v, **args)
         else:
             o = self._observer(self, q, k, v, args)
@@ -331,6 +375,11 @@ class MultiHeadAttention(nn.Module):
         if self.qkv_bias != (True, True, True):
             s += f", qkv_bias={self.qkv_bias}"
         return s
+
+
+def _checks_finite(q: Tensor) -> bool:
+    """``attention``'s default for ``check_finite``."""
+    return q.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _bias_flags(qkv_bias: bool | Sequence[bool]) -> tuple[bool, bool, bool]:

@@ -33,8 +33,9 @@ def _decode(model, x, sizes, cache, *context):
 @torch.no_grad()  # decoding: the in-place path (autograd concatenates)
 def test_cached_decoding_equals_full_causal_forward(pos, num_kv_heads, small_buffers):
     torch.manual_seed(20)
-    enc = TransformerEncoder(32, 2, 4, causal=True, pos=pos, num_kv_heads=num_kv_heads,
-                             max_len=64).eval()
+    enc = TransformerEncoder(
+        32, 2, 4, causal=True, pos=pos, num_kv_heads=num_kv_heads, max_len=64
+    ).eval()
     for seed in range(2):  # fresh random inputs each time
         x = torch.randn(2, 19, 32, generator=torch.Generator().manual_seed(seed))
         full = enc(x)
@@ -91,8 +92,9 @@ def test_appends_write_in_place_and_grow_by_doubling():
 @torch.no_grad()  # decoding: the in-place path (autograd concatenates)
 def test_first_append_sets_dtype_and_device_and_reset_frees():
     c = KVCache()
-    c.append(torch.randn(1, 2, 3, 4, dtype=torch.float64), torch.randn(1, 2, 3, 4,
-                                                                       dtype=torch.float64))
+    c.append(
+        torch.randn(1, 2, 3, 4, dtype=torch.float64), torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    )
     assert c.k.dtype == torch.float64 and c.k.device.type == "cpu"
     with pytest.raises(ValueError, match="float64"):
         c.append(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4))
@@ -178,3 +180,39 @@ def test_gradients_flow_through_the_cache():
     g = torch.autograd.grad(y.square().sum(), x)[0]
     want = torch.autograd.grad(enc(x)[:, 4:].square().sum(), x)[0]
     torch.testing.assert_close(g[:, 4:], want[:, 4:], **TOL)
+
+
+@torch.no_grad()
+def test_decoding_checks_each_new_key_once_and_still_refuses_non_finite_steps(monkeypatch):
+    """With a cache only the step's new keys are checked (the cache was checked as it grew),
+    yet a NaN in a step, or in the context on the first step, raises and leaves the cache as
+    it was."""
+    import attnlab.core.modules as modules
+
+    torch.manual_seed(23)
+    dec = TransformerDecoder(32, 2, 4, kdim=16).eval()
+    x, ctx = torch.randn(1, 12, 32), torch.randn(1, 7, 16)
+    seen = []
+    real = modules.check_inputs_finite
+    monkeypatch.setattr(
+        modules,
+        "check_inputs_finite",
+        lambda q, k, v: (seen.append((q.shape[2], k.shape[2])), real(q, k, v)),
+    )
+    cache = dec.make_cache()
+    torch.testing.assert_close(_decode(dec, x, [4] + [1] * 8, cache, ctx), dec(x, ctx), **TOL)
+    # per block and step: self-attention sees the new queries' keys, cross-attention the
+    # context on the first step and nothing after
+    assert seen[:4] == [(4, 4), (4, 7), (4, 4), (4, 7)]
+    assert set(seen[4:]) == {(1, 1), (1, 0)}
+    bad = x[:, :1].clone()
+    bad[0, 0, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        dec(bad, ctx, cache=cache)
+    assert all(c.length == 12 for c in cache)
+    fresh = dec.make_cache()
+    bad_ctx = ctx.clone()
+    bad_ctx[0, 2, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        dec(x[:, :2], bad_ctx, cache=fresh)
+    assert all(c.length == 0 and c.cross_kv.length == 0 for c in fresh)
