@@ -14,10 +14,11 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 
 import gradio as gr
 
-__all__ = ["DEMOS", "available_demos", "build", "launch"]
+__all__ = ["DEMOS", "available_demos", "build", "launch", "upload_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,35 @@ def launch(
         port = kw.pop("port")
         server_port = port if port is not None else server_port
     page = build(domain)
+    if "max_file_size" not in kw:  # uploads are capped before any handler sees them
+        kw["max_file_size"] = upload_limit(domain)
     page.queue(default_concurrency_limit=1)
     page.launch(server_name=server_name, server_port=server_port, **kw)
     return page
+
+
+def upload_limit(domain: str | None = None) -> int | None:
+    """The largest ``MAX_FILE_SIZE`` (bytes) the page's demos state (each demo module may
+    define one, e.g. ``"8mb"``; each still checks its own limit); None when none does."""
+    demos = available_demos()
+    name = ALIASES.get(domain, domain)
+    mods = [demos[name]] if name in demos else list(demos.values())
+    sizes = [file_size_bytes(m.MAX_FILE_SIZE) for m in mods if hasattr(m, "MAX_FILE_SIZE")]
+    return max(sizes) if sizes else None
+
+
+_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30}
+
+
+def file_size_bytes(size: int | str) -> int:
+    """Bytes of a Gradio-style size: an int, or ``"8mb"``, ``"400 MB"``, ``"512kb"``
+    (binary units, as Gradio counts them)."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"(\d+)\s*([kmg]?b)", str(size).strip().lower())
+    if m is None:
+        raise ValueError(f"file size {size!r}: expected bytes or e.g. '8mb'")
+    return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 if __name__ == "__main__":

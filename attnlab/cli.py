@@ -85,8 +85,8 @@ def _train_config(args: argparse.Namespace):
     cfg = cfg.with_overrides(args.overrides)
     if args.data is not None:
         data = Path(args.data)
-        if not data.is_file():
-            what = "is not a file" if data.exists() else "does not exist"
+        if not (data.is_file() or data.is_dir()):
+            what = "is not a file or folder" if data.exists() else "does not exist"
             raise CLIError(f"--data {data}: {what}")
         cfg = cfg.replace(data_args={**cfg.data_args, "path": str(data)})
     if args.quiet:
@@ -254,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("domain", help="training recipe (e.g. toy)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     t.add_argument("--config", help="JSON file with config values")
-    t.add_argument("--data", metavar="FILE", help="data file for the recipe (sets data.path; "
-                   "e.g. any UTF-8 text for text/chars)")
+    t.add_argument("--data", metavar="PATH", help="data file or folder for the recipe (sets "
+                   "data.path; e.g. any UTF-8 text for text/chars, a folder of MIDI/MusicXML "
+                   "for music/relative)")
     t.add_argument("--resume", help="checkpoint file or run folder to continue exactly")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run/weights")
