@@ -50,12 +50,19 @@ def available_demos() -> dict[str, object]:
     return found
 
 
-def build(domain: str | None = None) -> gr.Blocks:
+def build(domain: str | None = None, options: dict | None = None) -> gr.Blocks:
     """The suite page: every available demo as a tab, or only ``domain`` when given.
+
+    Args:
+        domain: one demo, or None for all.
+        options: keyword arguments for that demo's ``build`` (e.g. the vision demo's
+            ``model`` and ``checkpoint``); only with ``domain``.
 
     Raises:
         ValueError: ``domain`` is not a known demo, or its app is not available.
     """
+    if options and domain is None:
+        raise ValueError("demo options (a model, a checkpoint) need one demo named")
     demos = available_demos()
     domain = ALIASES.get(domain, domain)
     if domain is not None:
@@ -75,7 +82,8 @@ def build(domain: str | None = None) -> gr.Blocks:
         )
         for name, mod in demos.items():
             with gr.Tab(DEMOS[name], id=name):
-                mod.build()  # a Blocks created inside a Blocks context renders itself
+                # a Blocks created inside a Blocks context renders itself
+                mod.build(**(options or {}))
         missing = [DEMOS[n] for n in DEMOS if n not in demos and domain is None]
         if missing:
             gr.Markdown(f"*Demos not available in this installation: {', '.join(missing)}.*")
@@ -103,7 +111,7 @@ def launch(
     if "port" in kw:  # the CLI's --port
         port = kw.pop("port")
         server_port = port if port is not None else server_port
-    page = build(domain)
+    page = build(domain, kw.pop("options", None))
     if "max_file_size" not in kw:  # uploads are capped before any handler sees them
         kw["max_file_size"] = upload_limit(domain)
     page.queue(default_concurrency_limit=1)

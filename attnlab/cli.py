@@ -53,6 +53,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise CLIError(msg) from None
         raise
     kwargs: dict[str, Any] = {"domain": args.domain}
+    if args.model is not None or args.checkpoint is not None:
+        if args.domain != "vision":
+            raise CLIError(
+                "--model and --checkpoint belong to the vision demo: attnlab demo "
+                "vision --model TIMM_NAME --checkpoint FILE"
+            )
+        from attnlab.domains.vision import load_classifier
+
+        model = args.model or "vit_small_patch16_224"
+        try:  # refuse a wrong name or file now, with the reason, not after serving
+            load_classifier(model, args.checkpoint)
+        except (ValueError, OSError) as err:
+            raise CLIError(str(err)) from None
+        kwargs["options"] = {"model": model, "checkpoint": args.checkpoint}
     if args.port is not None:
         kwargs["port"] = args.port
     try:
@@ -243,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="launch the Gradio demo (all domains or one)")
     d.add_argument("domain", nargs="?", default=None, help="open this domain's tab only")
     d.add_argument("--port", type=int, default=None, help="server port")
+    d.add_argument("--model", help="vision: a shipped model (vision/...) or a timm ViT name")
+    d.add_argument("--checkpoint", help="vision: a .safetensors or .pth state dict for --model")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser(
@@ -254,9 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("domain", help="training recipe (e.g. toy)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     t.add_argument("--config", help="JSON file with config values")
-    t.add_argument("--data", metavar="PATH", help="data file or folder for the recipe (sets "
-                   "data.path; e.g. any UTF-8 text for text/chars, a folder of MIDI/MusicXML "
-                   "for music/relative)")
+    t.add_argument(
+        "--data",
+        metavar="PATH",
+        help="data file or folder for the recipe (sets "
+        "data.path; e.g. any UTF-8 text for text/chars, a folder of MIDI/MusicXML "
+        "for music/relative)",
+    )
     t.add_argument("--resume", help="checkpoint file or run folder to continue exactly")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run/weights")

@@ -204,3 +204,32 @@ def test_demo_unknown_domain_exits_2_before_serving(capsys):
     assert main(["demo", "nosuch"]) == 2
     line = _err_line(capsys)
     assert "domain must be one of" in line and "explorer" in line
+
+
+def test_demo_vision_checkpoint_is_checked_before_serving_and_reaches_the_tab(
+    tmp_path, monkeypatch, capsys
+):
+    import timm
+    from safetensors.torch import save_file
+
+    import attnlab.apps.suite as suite
+
+    served = {}
+    monkeypatch.setattr(suite, "launch", lambda **kw: served.update(kw))
+    assert main(["demo", "text", "--checkpoint", "x.pth"]) == 2
+    assert "belong to the vision demo" in _err_line(capsys)
+    assert main(["demo", "vision", "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
+    assert "none.safetensors" in _err_line(capsys)
+    torch.manual_seed(0)
+    src = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3)
+    f = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(f))
+    assert main(["demo", "vision", "--model", "vit_small_patch16_224", "--checkpoint", str(f)]) == 2
+    assert "does not fit" in _err_line(capsys)  # a checkpoint of another architecture
+    assert not served
+    assert main(["demo", "vision", "--model", "deit_tiny_patch16_224", "--checkpoint", str(f)]) == 0
+    assert served["options"] == {"model": "deit_tiny_patch16_224", "checkpoint": str(f)}
+    page = suite.build("vision", served["options"])  # the tab builds with them pre-filled
+    assert "deit_tiny_patch16_224" in json.dumps(page.config)
+    with pytest.raises(ValueError, match="need one demo named"):
+        suite.build(None, served["options"])
