@@ -34,7 +34,7 @@ def sample_logits(logits: Tensor, g: torch.Generator, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0) -> int:  # fmt: skip
     """One id from (V,) logits; ``temperature`` 0 is greedy; ``top_k`` 0 and ``top_p`` 1 keep
     every id."""
-    logits = logits.double()
+    logits = logits.detach().double().cpu()  # the same draw on every device
     u = torch.rand((), generator=g, dtype=torch.float64)  # drawn even when greedy: one per step
     if temperature == 0:
         return int(logits.argmax())
@@ -91,19 +91,20 @@ def generate(model: nn.Module, prime: list[int], n: int, *, temperature: float =
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(int(seed))
+    dev = next(model.parameters()).device  # the model's device (CPU or a GPU)
     tokens = list(prime)
     try:
         if use_cache:
             cache = model.make_cache()
-            logits = model(torch.tensor([prime]), cache=cache)[0, -1]
+            logits = model(torch.tensor([prime], device=dev), cache=cache)[0, -1]
             for i in range(n):
                 t = sample_logits(logits, g, temperature, top_k, top_p)
                 tokens.append(t)
                 if i < n - 1:
-                    logits = model(torch.tensor([[t]]), cache=cache)[0, -1]
+                    logits = model(torch.tensor([[t]], device=dev), cache=cache)[0, -1]
         else:
             for _ in range(n):
-                logits = model(torch.tensor([tokens]))[0, -1]
+                logits = model(torch.tensor([tokens], device=dev))[0, -1]
                 tokens.append(sample_logits(logits, g, temperature, top_k, top_p))
     finally:
         model.train(was_training)
