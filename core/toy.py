@@ -20,16 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .blocks import TransformerEncoder
+from .lm import IGNORE, token_loss
 from .recipes import RecipeParts, register_recipe
 from .registry import create, register
 from .train_config import TrainConfig
-
-IGNORE = -100  # targets that are not scored (cross_entropy's ignore_index)
 
 __all__ = ["ToyConfig", "ToyLM", "TokenTask", "copy_task", "recall_task", "toy_test", "toy_copy"]
 
@@ -148,12 +146,7 @@ class ToyLM(nn.Module):
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy over scored positions, and their token accuracy."""
-        logits = self(batch["tokens"])
-        targets = batch["targets"]
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
-        scored = targets != IGNORE
-        acc = (logits.argmax(-1) == targets)[scored].float().mean()
-        return loss, {"acc": acc.detach()}
+        return token_loss(self(batch["tokens"]), batch["targets"])
 
 
 def _build(defaults: ToyConfig, overrides: dict[str, Any]) -> ToyLM:

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from attnlab.core.lm import IGNORE
+
 from .tokens import MAX_NOTES, Note, Piece, read_piece, transpose
 
 __all__ = ["load_chorales", "load_folder", "chorale_paths", "split_of", "cache_dir", "IGNORE",
            "TokenWindows", "PieceWindows", "MUSIC_SUFFIXES", "CACHE_VERSION"]  # fmt: skip
 
-IGNORE = -100
 MUSIC_SUFFIXES = (".mid", ".midi", ".mxl", ".musicxml", ".xml")
 CACHE_VERSION = 1
 SPLITS = ("train", "validation", "test")

@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from attnlab.core.blocks import TransformerEncoder
 from attnlab.core.kv_cache import KVCache
+from attnlab.core.lm import init_gpt2_weights, token_loss
 from attnlab.core.positional import LearnedPositionalEmbedding
 from attnlab.core.registry import register
 
-from .data import IGNORE
 from .tokens import VOCAB_SIZE
 
 __all__ = ["MusicConfig", "MusicTransformer", "POSITIONS", "music_test", "music_relative",
@@ -104,7 +104,7 @@ class MusicTransformer(nn.Module):
             c.dim, c.depth, c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
             dropout=c.dropout, causal=True, max_len=c.rel_window if relative else c.max_len,
             pos="music" if relative else None)  # fmt: skip
-        self.apply(_init_weights)
+        self.apply(init_gpt2_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.depth))
@@ -146,22 +146,7 @@ class MusicTransformer(nn.Module):
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy (NLL per token, nats) over scored positions and their accuracy."""
-        logits = self(batch["tokens"])
-        targets = batch["targets"]
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=IGNORE)  # fmt: skip
-        scored = targets != IGNORE
-        acc = (logits.argmax(-1) == targets)[scored].float().mean()
-        return loss, {"acc": acc.detach()}
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        nn.init.normal_(m.weight, std=0.02)
+        return token_loss(self(batch["tokens"]), batch["targets"])
 
 
 def _build(defaults: MusicConfig, overrides: dict[str, Any]) -> MusicTransformer:

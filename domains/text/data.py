@@ -31,9 +31,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from attnlab.core.lm import IGNORE
 from attnlab.core.toy import TokenTask
-
-IGNORE = -100  # targets that are not scored (cross_entropy's ignore_index)
 
 __all__ = ["IGNORE", "Vocab", "InductionTask", "induction_task", "AgreementTask",
            "agreement_task", "AGREEMENT_VOCAB", "held_out_pair", "CharCorpus", "CharWindows",

@@ -26,10 +26,11 @@ from torch import Tensor, nn
 
 from attnlab.core.blocks import TransformerEncoder
 from attnlab.core.kv_cache import KVCache
+from attnlab.core.lm import init_gpt2_weights, token_loss
 from attnlab.core.positional import LearnedPositionalEmbedding
 from attnlab.core.registry import register
 
-from .data import IGNORE, Vocab
+from .data import Vocab
 
 __all__ = ["TextConfig", "CausalLM", "POSITIONS", "text_test", "text_induction",
            "text_agreement", "text_chars"]  # fmt: skip
@@ -119,7 +120,7 @@ class CausalLM(nn.Module):
             dropout=c.dropout, causal=True, max_len=c.max_len,
             pos=None if learned else c.pos)  # fmt: skip
         self.head = None if c.tie_weights else nn.Linear(c.dim, c.vocab_size, bias=False)
-        self.apply(_init_weights)
+        self.apply(init_gpt2_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.depth))
@@ -182,22 +183,7 @@ class CausalLM(nn.Module):
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy over scored positions (targets != IGNORE) and their accuracy."""
-        logits = self(batch["tokens"])
-        targets = batch["targets"]
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=IGNORE)  # fmt: skip
-        scored = targets != IGNORE
-        acc = (logits.argmax(-1) == targets)[scored].float().mean()
-        return loss, {"acc": acc.detach()}
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        nn.init.normal_(m.weight, std=0.02)
+        return token_loss(self(batch["tokens"]), batch["targets"])
 
 
 def _build(defaults: TextConfig, overrides: dict[str, Any]) -> CausalLM:
