@@ -20,13 +20,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.core.blocks import TransformerEncoder
 from attnlab.core.kv_cache import KVCache
-from attnlab.core.lm import init_gpt2_weights, token_loss
+from attnlab.core.lm import check_token_ids, init_gpt2_weights, token_loss
 from attnlab.core.positional import LearnedPositionalEmbedding
 from attnlab.core.registry import register
 
@@ -148,23 +147,7 @@ class CausalLM(nn.Module):
     def check_tokens(self, tokens: Tensor, offset: int = 0) -> None:
         """``ValueError`` unless ``tokens`` is a (B, L) integer tensor of ids in range that fits
         in ``max_len`` after ``offset`` cached positions."""
-        c = self.config
-        if not isinstance(tokens, Tensor):
-            raise TypeError(f"tokens must be a tensor of ids, got {type(tokens).__name__}")
-        if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-            raise ValueError(
-                f"tokens must be a (B, L) integer tensor, got {tuple(tokens.shape)} {tokens.dtype}"
-            )
-        if tokens.shape[1] == 0:
-            raise ValueError("tokens is empty (L = 0)")
-        if offset + tokens.shape[1] > c.max_len:
-            raise ValueError(
-                f"sequence of {offset + tokens.shape[1]} tokens is longer than max_len={c.max_len}"
-            )
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= c.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} out of range [0, {c.vocab_size})")
+        check_token_ids(tokens, self.config.vocab_size, self.config.max_len, offset)
 
     def forward(self, tokens: Tensor, cache: list[KVCache] | None = None) -> Tensor:
         """Next-token logits (B, L, vocab_size).
