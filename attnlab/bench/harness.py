@@ -11,13 +11,15 @@ Run alone (``attnlab bench harness``) it prints the matmul rate.
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 from collections.abc import Iterator
 
 import torch
 
 from attnlab.core.timing import measure
 
-__all__ = ["matmul_gflops", "torch_threads", "main"]
+__all__ = ["matmul_gflops", "torch_threads", "machine_info", "main"]
 
 
 @contextlib.contextmanager
@@ -31,6 +33,21 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def machine_info(**extra) -> dict:
+    """Where a benchmark ran, for its JSON: torch threads and version, CPUs, processor, Python,
+    and how freed memory is handled (``attnlab bench`` keeps freed blocks for reuse unless
+    ``ATTNLAB_KEEP_FREED=0``); ``extra`` adds fields."""
+    keep = os.environ.get("ATTNLAB_KEEP_FREED", "1") != "0"
+    return {
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "malloc": "freed blocks kept for reuse (the CLI's reuse_freed_memory)" if keep
+        else "glibc defaults (ATTNLAB_KEEP_FREED=0)",
+        **extra,
+    }  # fmt: skip
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

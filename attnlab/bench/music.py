@@ -26,15 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from attnlab.bench.harness import torch_threads
+from attnlab.bench.harness import machine_info, torch_threads
 from attnlab.core import registry
 from attnlab.core.timing import Measurement, peak_bytes, time_runs
 
@@ -223,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     q = args.quick
-    machine = {"threads": torch.get_num_threads(), "torch": torch.__version__,
-               "cpu_count": os.cpu_count(), "processor": platform.processor()
-               or platform.machine(), "python": platform.python_version()}  # fmt: skip
+    machine = machine_info()
     rows: list[dict] = []
     for part in (nll_rows, kv_cache_rows, skew_rows, demo_rows, generate_rows):
         for r in part(q):

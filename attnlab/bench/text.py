@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import warnings
 from collections.abc import Callable
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.bench.harness import torch_threads
+from attnlab.bench.harness import machine_info, torch_threads
 from attnlab.core.capture import record_attention
 from attnlab.core.timing import Measurement, time_runs
 
@@ -42,9 +40,11 @@ __all__ = ["main", "text_of_tokens", "demo_request", "recording_cost", "vs_trans
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"demo_ms": 150.0, "recording_ratio": 1.10}
 DEMO_TOKENS, RECORD_TOKENS, HF_LENGTHS = 32, 128, (32, 128)
-WORDS = ("the quick brown fox jumps over the lazy dog while a small bird sings in the old "
-         "tree near the river and the children play on the green grass under the warm sun "
-         "of a long summer day").split()
+WORDS = (
+    "the quick brown fox jumps over the lazy dog while a small bird sings in the old "
+    "tree near the river and the children play on the green grass under the warm sun "
+    "of a long summer day"
+).split()
 
 
 def text_of_tokens(enc, n: int) -> str:
@@ -62,8 +62,9 @@ def text_of_tokens(enc, n: int) -> str:
             raise ValueError(f"no prefix of the word list tokenizes to exactly {n} tokens")
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], rounds: int,
-                 repeats: int) -> dict[str, Measurement]:
+def _interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, repeats: int
+) -> dict[str, Measurement]:
     """Time the calls in turn, ``rounds`` times ``repeats`` runs each (each round warms up
     first), so a slow spell of a shared machine falls on all of them alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -90,20 +91,34 @@ def demo_request(rounds: int = 3, repeats: int = 5, gallery: bool = True) -> lis
         fns["gallery"] = lambda: app.sentence_gallery(text)
     with torch.no_grad():
         m = _interleaved(fns, rounds, repeats)
-    rows = [{"case": "demo", "handler": "apps.text.analyse_sentence", "L": DEMO_TOKENS,
-             "batch": 1, "time_ms": _ms(m["analyse"]), "median_ms": round(m["analyse"].median
-                                                                          * 1e3, 3),
-             "runs": m["analyse"].runs,
-             "includes": "tokenize, record 6x12 maps, head view HTML, model view image, "
-                         "rollout, saliency spans, summary (no Gradio queue, no gallery)"}]
+    rows = [
+        {
+            "case": "demo",
+            "handler": "apps.text.analyse_sentence",
+            "L": DEMO_TOKENS,
+            "batch": 1,
+            "time_ms": _ms(m["analyse"]),
+            "median_ms": round(m["analyse"].median * 1e3, 3),
+            "runs": m["analyse"].runs,
+            "includes": "tokenize, record 6x12 maps, head view HTML, model view image, "
+            "rollout, saliency spans, summary (no Gradio queue, no gallery)",
+        }
+    ]
     if gallery:
-        rows.append({"case": "demo_gallery", "handler": "apps.text.sentence_gallery",
-                     "L": DEMO_TOKENS, "batch": 1, "time_ms": _ms(m["gallery"]),
-                     "median_ms": round(m["gallery"].median * 1e3, 3),
-                     "runs": m["gallery"].runs,
-                     "includes": "the separate event after Analyse: gallery encoder's 6x12 "
-                                 "maps, head gallery image and table; corpus scoring cached "
-                                 "(excluded)"})
+        rows.append(
+            {
+                "case": "demo_gallery",
+                "handler": "apps.text.sentence_gallery",
+                "L": DEMO_TOKENS,
+                "batch": 1,
+                "time_ms": _ms(m["gallery"]),
+                "median_ms": round(m["gallery"].median * 1e3, 3),
+                "runs": m["gallery"].runs,
+                "includes": "the separate event after Analyse: gallery encoder's 6x12 "
+                "maps, head gallery image and table; corpus scoring cached "
+                "(excluded)",
+            }
+        )
     return rows
 
 
@@ -135,15 +150,23 @@ def recording_cost(enc=None, rounds: int = 3, repeats: int = 5, atol: float = 1e
         with record_attention(model) as maps:
             y_rec = model(ids)
         diff = float((y_rec - plain()).abs().max())
-    return {"case": "recording", "model": "all-MiniLM-L6-v2", "L": int(ids.shape[1]),
-            "batch": 1, "plain_ms": _ms(m["plain"]), "record_ms": _ms(m["record"]),
-            "ratio": round(m["record"].best / m["plain"].best, 3), "maps": len(maps),
-            "map_shape": list(maps.stack().shape), "out_max_diff": diff,
-            "outputs_equal": diff <= atol, "atol": atol}
+    return {
+        "case": "recording",
+        "model": "all-MiniLM-L6-v2",
+        "L": int(ids.shape[1]),
+        "batch": 1,
+        "plain_ms": _ms(m["plain"]),
+        "record_ms": _ms(m["record"]),
+        "ratio": round(m["record"].best / m["plain"].best, 3),
+        "maps": len(maps),
+        "map_shape": list(maps.stack().shape),
+        "out_max_diff": diff,
+        "outputs_equal": diff <= atol,
+        "atol": atol,
+    }
 
 
-def vs_transformers(enc=None, lengths=HF_LENGTHS, rounds: int = 3,
-                    repeats: int = 5) -> list[dict]:
+def vs_transformers(enc=None, lengths=HF_LENGTHS, rounds: int = 3, repeats: int = 5) -> list[dict]:
     """Our MiniLM against ``transformers``' BertModel (sdpa; eager with attentions)."""
     try:
         import transformers
@@ -156,8 +179,10 @@ def vs_transformers(enc=None, lengths=HF_LENGTHS, rounds: int = 3,
     ours = enc.model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hf = {impl: BertModel.from_pretrained(str(minilm_path()), attn_implementation=impl).eval()
-              for impl in ("sdpa", "eager")}
+        hf = {
+            impl: BertModel.from_pretrained(str(minilm_path()), attn_implementation=impl).eval()
+            for impl in ("sdpa", "eager")
+        }
     rows = []
     for L in lengths:
         ids = _ids(enc, L)
@@ -178,12 +203,18 @@ def vs_transformers(enc=None, lengths=HF_LENGTHS, rounds: int = 3,
             y = ours(ids)
             diff = float((y - hf["sdpa"](input_ids=ids).last_hidden_state).abs().max())
         t = {k: v.best for k, v in m.items()}
-        rows.append({"case": "vs_transformers", "transformers": transformers.__version__,
-                     "L": L, "batch": 1, **{f"{k}_ms": round(v * 1e3, 3) for k, v in t.items()},
-                     "ours_vs_hf_sdpa": round(t["ours"] / t["hf_sdpa"], 3),
-                     "ours_record_vs_hf_eager_attn": round(t["ours_record"]
-                                                           / t["hf_eager_attn"], 3),
-                     "out_max_diff_vs_hf": diff})
+        rows.append(
+            {
+                "case": "vs_transformers",
+                "transformers": transformers.__version__,
+                "L": L,
+                "batch": 1,
+                **{f"{k}_ms": round(v * 1e3, 3) for k, v in t.items()},
+                "ours_vs_hf_sdpa": round(t["ours"] / t["hf_sdpa"], 3),
+                "ours_record_vs_hf_eager_attn": round(t["ours_record"] / t["hf_eager_attn"], 3),
+                "out_max_diff_vs_hf": diff,
+            }
+        )
     return rows
 
 
@@ -193,10 +224,14 @@ def _line(row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="attnlab bench text", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="one round of 2 runs per call, no gallery row (a smoke run)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads for this run (default: torch's)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one round of 2 runs per call, no gallery row (a smoke run)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads for this run (default: torch's)"
+    )
     p.add_argument("--out", default=str(RESULTS / "text.json"))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
@@ -208,12 +243,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     rounds, repeats = (1, 2) if args.quick else (3, 5)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    keep = os.environ.get("ATTNLAB_KEEP_FREED", "1") != "0"
-    machine = {"threads": torch.get_num_threads(), "torch": torch.__version__,
-               "cpu_count": os.cpu_count(), "processor": platform.processor() or
-               platform.machine(), "python": platform.python_version(),
-               "malloc": "freed blocks kept for reuse (the CLI's reuse_freed_memory)" if keep
-               else "glibc defaults (ATTNLAB_KEEP_FREED=0)"}
+    machine = machine_info()
     rows = demo_request(rounds, repeats, gallery=not args.quick)
     for r in rows:
         print(_line(r), flush=True)
@@ -230,12 +260,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         "machine": machine,
         "quick": args.quick,
         "rows": rows,
-        "targets": {k: {"value": checks[k], "target_max": t, "pass": checks[k] <= t}
-                    for k, t in TARGETS.items()},
+        "targets": {
+            k: {"value": checks[k], "target_max": t, "pass": checks[k] <= t}
+            for k, t in TARGETS.items()
+        },
     }
     for k, v in result["targets"].items():
-        print(f"target {k}: {v['value']} <= {v['target_max']}: "
-              f"{'pass' if v['pass'] else 'FAIL'}", flush=True)
+        print(
+            f"target {k}: {v['value']} <= {v['target_max']}: {'pass' if v['pass'] else 'FAIL'}",
+            flush=True,
+        )
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
     return 0

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlab.bench.harness import torch_threads
+from attnlab.bench.harness import machine_info, torch_threads
 from attnlab.core.capture import record_attention
 from attnlab.core.timing import Measurement, time_runs
 
@@ -192,9 +190,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     rounds, repeats = (1, 2) if args.quick else (3, 5)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"threads": torch.get_num_threads(), "torch": torch.__version__,
-               "cpu_count": os.cpu_count(), "processor": platform.processor() or
-               platform.machine(), "python": platform.python_version()}  # fmt: skip
+    machine = machine_info()
     rows = demo_latency(rounds, repeats)
     rec = recording_cost(rounds, repeats)
     rows.append(rec)
