@@ -21,3 +21,10 @@ def test_readme_python_examples_run():
     assert not torch.equal(ns["y"], ns["y_ablated"])
     assert ns["same"] is True
     assert ns["emb"].shape == (2, 384) and ns["weights"].shape == (6, 12, 12, 12)
+    assert ns["same_music"] is True and ns["song"].tokens[:128] == ns["events"][:128]
+    assert len(ns["song"].new) == 64 and ns["wav"][:4] == b"RIFF"
+    assert len(ns["vit_maps"]) == 12 and ns["vision_top"][0][0] == "0"
+    assert ns["heat"].shape == (8, 8)
+    assert [w for w, _ in ns["true_starts"]] == ["three", "seven", "two"]
+    assert len(ns["heard_words"]) == len(ns["heard"].split())
+    assert all(0 <= s <= e for _, s, e in ns["heard_words"])

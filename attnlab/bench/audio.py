@@ -1,0 +1,166 @@
+"""``attnlab bench audio``: the shipped audio models on held-out voices, word timing from
+cross-attention, and the Audio demo's latency, in one run.
+
+Rows:
+
+- ``kws``: accuracy of ``weights/audio/kws`` on the keyword test split (voice variants never
+  heard in training: ``data.TEST_VARIANTS``; noise and gain from a fixed seed). Target >= 0.95.
+- ``asr``: character error rate of ``weights/audio/asr`` (greedy decoding) on the sequence test
+  split. Target <= 0.05.
+- ``word_starts``: word-start error (mean, median, 90th percentile, ms) of the shipped
+  alignment heads against eSpeak NG's word events on the test split. Target: mean <= 50 ms.
+- ``heads``: automatic head discovery (:func:`attnlab.domains.audio.find_alignment_heads`,
+  calibrated on training voices) against the best single head chosen by hand with hindsight
+  (each head scored on the test split itself and the best one kept), against Whisper's default
+  (every head of the decoder's last half) and against every head averaged.
+- ``demo``: one press of the tab's **Speak and analyse** button on a 2 s clip, models loaded:
+  ``apps.audio.analyse`` (both models, the spectrogram overlay, the alignment and the waveform
+  pictures). Target <= 300 ms.
+
+``--quick`` evaluates a few clips only (a smoke run: its numbers are not the card's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnlab.bench.harness import torch_threads
+from attnlab.core.timing import time_runs
+
+__all__ = ["main", "keyword_accuracy", "asr_metrics", "head_comparison", "demo_latency"]
+
+RESULTS = Path(__file__).parent / "results"
+TARGETS = {"kws_acc": (">=", 0.95), "cer": ("<=", 0.05), "word_start_mae_ms": ("<=", 50.0),
+           "demo_ms": ("<=", 300.0)}  # fmt: skip
+
+
+def _sets(n_kws: int, n_seq: int, n_calib: int, seed: int = 0):
+    from attnlab.domains.audio.data import KEYWORDS, KeywordSet, SequenceSet, speech_clips
+    from attnlab.domains.audio.train import _subset
+
+    kws = KeywordSet(speech_clips("keyword", "test", 600, seed=seed), KEYWORDS, train=False,
+                     seed=seed + 1)  # fmt: skip
+    test = speech_clips("sequence", "test", 300, seed=seed, max_seconds=3.0)
+    train = speech_clips("sequence", "train", 6000, seed=seed, max_seconds=3.0)
+    seq = SequenceSet(_subset(test, list(range(n_seq))), 3.0, train=False, seed=seed + 1)
+    calib = SequenceSet(_subset(train, list(range(n_calib))), 3.0, train=False, seed=seed + 2)
+    return kws, list(range(0, len(kws), max(1, len(kws) // n_kws)))[:n_kws], seq, calib
+
+
+@torch.no_grad()
+def keyword_accuracy(model, data, indices: list[int]) -> dict:
+    from torch.utils.data import default_collate
+
+    model.eval()
+    hits = 0
+    for s in range(0, len(indices), 64):
+        b = default_collate([data[i] for i in indices[s : s + 64]])
+        hits += int((model(b["spec"]).argmax(-1) == b["label"]).sum())
+    return {"case": "kws", "n": len(indices), "acc": hits / len(indices)}
+
+
+def asr_metrics(model, seq) -> dict:
+    from attnlab.domains.audio.train import asr_probe
+
+    out = asr_probe(model, seq, None)
+    return {"case": "asr", "n": len(seq), "cer": out["cer"], "exact": out["exact"]}
+
+
+def head_comparison(model, seq, calib) -> tuple[dict, dict]:
+    from attnlab.domains.audio.align import find_alignment_heads, word_start_errors
+
+    shipped = word_start_errors(model, seq)
+    starts = {
+        "case": "word_starts",
+        "heads": model.config.alignment_heads,
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in shipped.items()},
+    }
+    found = find_alignment_heads(model, calib)
+    auto = word_start_errors(model, seq, found.heads)
+    oracle = find_alignment_heads(model, seq, max_heads=1)  # scored on the test split itself
+    c = model.config
+    half = [[i, h] for i in range(c.dec_depth // 2, c.dec_depth) for h in range(c.num_heads)]
+    every = [[i, h] for i in range(c.dec_depth) for h in range(c.num_heads)]
+    heads = {
+        "case": "heads",
+        "auto_heads": found.heads, "auto_mae_ms": auto["mae_ms"], "auto_p90_ms": auto["p90_ms"],
+        "best_single_head_by_hand": oracle.heads[0],
+        "best_single_mae_ms": float(oracle.single_mae_ms.min()),
+        "whisper_default_mae_ms": word_start_errors(model, seq, half)["mae_ms"],
+        "all_heads_mae_ms": word_start_errors(model, seq, every)["mae_ms"],
+        "single_head_test_mae_ms": np.round(oracle.single_mae_ms, 1).tolist(),
+    }  # fmt: skip
+    return starts, heads
+
+
+def demo_latency(rounds: int = 5) -> dict:
+    from attnlab.apps import audio as app
+    from attnlab.domains.audio.infer import keyword_model, speech_model
+
+    keyword_model(), speech_model()
+    state, _ = app.load_phrase("three seven two nine", "en+f3", 120, 50)
+    seconds = len(state["wave"]) / 16000
+    times = time_runs(lambda: app.analyse(state, app.ATTENTION_KINDS[0]), repeats=rounds)
+    return {"case": "demo", "clip_s": round(seconds, 2), "time_ms": 1000 * min(times),
+            "median_ms": 1000 * float(np.median(times)),
+            "includes": "keyword model + overlay, recognition + alignment, pictures"}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="attnlab bench audio", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few clips only (a smoke run)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=str(RESULTS / "audio.json"))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv)
+    with torch_threads(args.threads):
+        return _run(args, argv)
+
+
+def _check(value: float, op: str, target: float) -> bool:
+    return value >= target if op == ">=" else value <= target
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from attnlab.domains.audio.infer import keyword_model, speech_model
+
+    n_kws, n_seq, n_calib = (40, 8, 8) if args.quick else (600, 300, 100)
+    kws_set, idx, seq, calib = _sets(n_kws, n_seq, n_calib)
+    rows = [keyword_accuracy(keyword_model(), kws_set, idx)]
+    asr = speech_model()
+    rows.append(asr_metrics(asr, seq))
+    rows.extend(head_comparison(asr, seq, calib))
+    rows.append(demo_latency(2 if args.quick else 5))
+    for r in rows:
+        print(" ".join(f"{k}={v}" for k, v in r.items() if k != "single_head_test_mae_ms"))
+    values = {"kws_acc": rows[0]["acc"], "cer": rows[1]["cer"],
+              "word_start_mae_ms": rows[2]["mae_ms"], "demo_ms": rows[4]["time_ms"]}  # fmt: skip
+    result = {
+        "command": " ".join(["attnlab bench audio", *argv]),
+        "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "cpu_count": os.cpu_count(),
+                    "processor": platform.processor() or platform.machine()},  # fmt: skip
+        "quick": args.quick,
+        "rows": rows,
+        "targets": {k: {"value": values[k], "target": f"{op} {t}",
+                        "pass": _check(values[k], op, t)} for k, (op, t) in TARGETS.items()},
+    }  # fmt: skip
+    for k, v in result["targets"].items():
+        print(f"target {k}: {v['value']:.4g} {v['target']}: {'pass' if v['pass'] else 'FAIL'}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
