@@ -9,7 +9,6 @@ showing attention's O(L^2) cost (e.g. the FlashAttention paper, Dao et al. 2022,
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
@@ -41,12 +41,17 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def figure_to_image(fig: Figure, dpi: int = 100) -> Image.Image:
-    """Render a matplotlib figure to an RGB PIL image and close the figure."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    """Render a matplotlib figure to an RGB PIL image and close the figure.
+
+    Reads the Agg canvas's pixels directly: the same pixels as ``savefig`` to PNG and back,
+    without encoding and decoding a PNG (about half the time of a demo's picture)."""
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    w, h = canvas.get_width_height()
+    img = Image.frombuffer("RGBA", (w, h), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
     plt.close(fig)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return img.convert("RGB")
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> None:
