@@ -184,7 +184,8 @@ class SpeechConfig:
             Whisper); ``sot_id`` / ``eot_id`` start and end of text.
         act, norm_eps: MLP activation and LayerNorm epsilon (Whisper: gelu, 1e-5).
         alignment_heads: ((decoder layer, head), ...) whose cross-attention gives word times
-            (found by :func:`attnlab.domains.audio.align.find_alignment_heads`).
+            (found by :func:`attnlab.domains.audio.align.find_alignment_heads`);
+            ``alignment_medfilt`` the median-filter width found with them (Whisper's 7).
         ctc_weight: weight of an auxiliary CTC loss on the encoder (Kim et al. 2017, joint
             CTC-attention; blank = id 0): it teaches the encoder the sounds early, so that the
             cross-attention finds them instead of the decoder first learning spelling alone.
@@ -207,13 +208,14 @@ class SpeechConfig:
     act: str = "gelu"
     norm_eps: float = 1e-5
     alignment_heads: list[list[int]] = field(default_factory=list)
+    alignment_medfilt: int = 7
     ctc_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         _check_ints(self, "n_mels", "dim", "enc_depth", "dec_depth", "num_heads", "max_frames",
-                    "max_len", "vocab_size")  # fmt: skip
+                    "max_len", "vocab_size", "alignment_medfilt")  # fmt: skip
         if self.dim % self.num_heads:
             raise ValueError(f"dim={self.dim} must be divisible by num_heads={self.num_heads}")
         if self.vocab is not None and len(self.vocab) != self.vocab_size:

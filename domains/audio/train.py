@@ -118,12 +118,15 @@ def asr_probe(model: SpeechSeq2Seq, probe: SequenceSet, calib: SequenceSet | Non
         if calib is not None and all(probe.clips.starts):
             found = find_alignment_heads(model, calib)
             heads = found.heads
-            model.config = dataclasses.replace(model.config, alignment_heads=heads)
+            model.config = dataclasses.replace(model.config, alignment_heads=heads,
+                                               alignment_medfilt=found.medfilt)  # fmt: skip
             if hasattr(model, "registry_args"):
-                model.registry_args = {**model.registry_args, "alignment_heads": heads}
+                model.registry_args = {**model.registry_args, "alignment_heads": heads,
+                                       "alignment_medfilt": found.medfilt}  # fmt: skip
             err = word_start_errors(model, probe, heads)
             out.update({"word_start_mae_ms": err["mae_ms"], "word_start_p90_ms": err["p90_ms"],
-                        "num_alignment_heads": len(heads)})  # fmt: skip
+                        "num_alignment_heads": len(heads),
+                        "alignment_medfilt": found.medfilt})  # fmt: skip
         return out
     finally:
         model.train(was)
@@ -133,7 +136,7 @@ def _own(args: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     return {k: args.get(k, v) for k, v in defaults.items()}
 
 
-_KWS = {"num_train": 4000, "num_eval": 600, "seconds": 1.0, "path": ""}
+_KWS = {"num_train": 12000, "num_eval": 600, "seconds": 1.0, "path": ""}
 
 
 @register_recipe(
@@ -149,7 +152,7 @@ _KWS = {"num_train": 4000, "num_eval": 600, "seconds": 1.0, "path": ""}
         lr=2e-3,
         weight_decay=0.05,
         warmup_steps=100,
-        steps=2000,
+        steps=7000,
         batch_size=32,
         log_every=50,
         eval_every=500,
@@ -190,7 +193,7 @@ _ASR = {"num_train": 6000, "num_eval": 300, "num_calib": 100, "seconds": 3.0, "p
         lr=2e-3,
         weight_decay=0.05,
         warmup_steps=100,
-        steps=1200,
+        steps=3600,
         batch_size=24,
         log_every=50,
         eval_every=0,

@@ -117,3 +117,34 @@ def test_head_discovery_finds_the_planted_head(monkeypatch):
     assert found.single_mae_ms[1, 1] < 70 < found.single_mae_ms[0].min()
     err = A.word_start_errors(model, items, [[1, 1]])
     assert err["mae_ms"] == pytest.approx(found.single_mae_ms[1, 1])
+    assert found.medfilt in (1, 3, 5, 7)  # the width is chosen for the heads, on the same clips
+    at7 = A._errors(
+        model, items, [planted[n] for n in range(6)], found.heads, [model.config.sot_id], 7
+    )
+    assert found.mae_ms <= at7.mean() * 1000 + 1e-9
+
+
+@pytest.mark.parametrize("lead_s, snr_db", [(0.2, 40.0), (0.5, 20.0)])
+def test_speech_onset_finds_the_first_word_after_silence(lead_s, snr_db):
+    from attnlab.domains.audio import synthesize
+    from attnlab.domains.audio.data import SAMPLE_RATE, log_mel, prepare
+
+    wave, sr, starts = synthesize("seven two", voice="m3", rate=170, pitch=50)
+    x = prepare(wave, sr)
+    x = torch.cat([torch.zeros(int(lead_s * SAMPLE_RATE)), x])
+    g = torch.Generator().manual_seed(int(lead_s * 10))
+    noise = torch.randn(x.shape, generator=g)
+    x = x + noise * x.pow(2).mean().sqrt() * 10 ** (-snr_db / 20)
+    onset_s = A.speech_onset(log_mel(x)) * 0.02
+    true_s = lead_s + starts[0][1]
+    assert true_s - 0.08 <= onset_s <= true_s + 0.04, (onset_s, true_s)
+    assert A.speech_onset(torch.zeros(80, 100)) == 0  # no floor-to-peak rise: no onset
+
+
+def test_no_word_starts_before_the_speech_onset():
+    words = [[5, 6], [7, 8, 9]]
+    w = _planted(words, [2, 50], 100, sharp=400.0)  # the first word's rows smeared over 0..
+    spans = A.AlignItem(torch.zeros(1, 1), words, []).spans()
+    free, _, _ = A._word_times(w[None], 1, spans, 100, 0.02)
+    held, _, _ = A._word_times(w[None], 1, spans, 100, 0.02, onset=30)
+    assert free[0][0] < 0.6 and held[0][0] >= 30 * 0.02
