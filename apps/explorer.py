@@ -139,8 +139,16 @@ def explore(
     if draw:
         size = (5.0, 4.4)
         title = f"allowed: {prob.mask.describe()}"
-        allowed = heatmap(a_pool, qlab, klab, title=title, vmin=0.0, vmax=1.0, size=size,
-                          cbar_label="allowed (fraction of the cell)").image
+        allowed = heatmap(
+            a_pool,
+            qlab,
+            klab,
+            title=title,
+            vmin=0.0,
+            vmax=1.0,
+            size=size,
+            cbar_label="allowed (fraction of the cell)",
+        ).image
         used = heatmap(w_pool, qlab, klab, title=f"used: weights of head {head}", size=size).image
     if draw and prob.heads * prob.L * prob.S <= _HEAD_VIEW_MAX:
         w_all = attention(q, k, v, mask=prob.mask, backend="math", return_weights=True).weights
@@ -220,8 +228,10 @@ def run_explorer_quick(*form):
     prob, name = _validate(*form)
     secs = lab.estimate_request_seconds(name, prob)
     if secs > lab.QUICK_SECONDS:
-        note = (f"Running on the long-request queue (about {secs:.0f} s estimated on this CPU; "
-                "other long requests may be ahead).")
+        note = (
+            f"Running on the long-request queue (about {secs:.0f} s estimated on this CPU; "
+            "other long requests may be ahead)."
+        )
         return gr.skip(), gr.skip(), gr.skip(), note, list(form)
     return (*run_explorer(*form), None)
 
@@ -236,8 +246,21 @@ def run_explorer_long(pending):
 
 
 @guard.user_errors
-def _validate(mask_kind, L, heads, backend, input_kind, seed, window, symmetric, valid_keys,
-              n_docs, prefix, kv_len, head) -> tuple[lab.Problem, str]:
+def _validate(
+    mask_kind,
+    L,
+    heads,
+    backend,
+    input_kind,
+    seed,
+    window,
+    symmetric,
+    valid_keys,
+    n_docs,
+    prefix,
+    kv_len,
+    head,
+) -> tuple[lab.Problem, str]:
     """Check the form and the cost without allocating anything (the refusal as gr.Error)."""
     prob = lab.make_mask(mask_kind, L, window=window, symmetric=symmetric,
                          valid_keys=valid_keys, n_docs=n_docs, prefix=prefix, kv_len=kv_len,
@@ -278,8 +301,17 @@ def load_bench_results(path: str | Path | None = None) -> list[dict]:
 
 
 def _table(rows: list[dict], limit: int = 40) -> str:
-    keys = ("backend", "mask", "pass", "L", "time_ms", "peak_mem_mb", "vs_sdpa", "vs_flex",
-            "gflops")
+    keys = (
+        "backend",
+        "mask",
+        "pass",
+        "L",
+        "time_ms",
+        "peak_mem_mb",
+        "vs_sdpa",
+        "vs_flex",
+        "gflops",
+    )
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows[:limit]:
         cells = [f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
@@ -376,27 +408,43 @@ def _mask_filters() -> list[str]:
 # --------------------------------------------------------------------------------------------
 # attention vs recurrence tab (shipped results of `attnlab bench recurrence`)
 # --------------------------------------------------------------------------------------------
-def recurrence_view(path: str | Path | None = None) -> tuple[str | None, str | None,
-                                                           str | None, str]:
+def recurrence_view(
+    path: str | Path | None = None,
+) -> tuple[str | None, str | None, str | None, str]:
     """The shipped figures (accuracy, timing, attention map) and the comparison table."""
     p = Path(path) if path is not None else results_path("recurrence.json")
     if not p.is_file():
-        return None, None, None, ("No shipped results: run `attnlab bench recurrence` "
-                                  "(about 2 minutes on 2 CPU cores).")
+        return (
+            None,
+            None,
+            None,
+            (
+                "No shipped results: run `attnlab bench recurrence` "
+                "(about 2 minutes on 2 CPU cores)."
+            ),
+        )
     res = json.loads(p.read_text(encoding="utf-8"))
     figs = [p.parent / f for f in (res.get("figures") or {}).values()]
     figs = [str(f) if f.is_file() else None for f in figs] + [None] * 3
     acc = res.get("accuracy", {})
-    lines = [f"Re-run: `{res.get('command', 'attnlab bench recurrence')}` "
-             f"({res.get('elapsed_s', 0):.0f} s here). Chance level: {res.get('chance', 0):.3f}.",
-             "", "| property | measure | LSTM | attention |", "|---|---|---|---|"]
+    lines = [
+        f"Re-run: `{res.get('command', 'attnlab bench recurrence')}` "
+        f"({res.get('elapsed_s', 0):.0f} s here). Chance level: {res.get('chance', 0):.3f}.",
+        "",
+        "| property | measure | LSTM | attention |",
+        "|---|---|---|---|",
+    ]
     for row in res.get("table", []):
         cells = ("—" if row[m] is None else row[m] for m in ("lstm", "attention"))
-        lines.append(f"| {row['property']} | {row['metric']} | " + " | ".join(map(str, cells))
-                     + " |")
+        lines.append(
+            f"| {row['property']} | {row['metric']} | " + " | ".join(map(str, cells)) + " |"
+        )
     if {"d", "lstm", "attention"} <= acc.keys():
-        lines += ["", "| held-out accuracy | " + " | ".join(f"d={d}" for d in acc["d"]) + " |",
-                  "|---" * (len(acc["d"]) + 1) + "|"]
+        lines += [
+            "",
+            "| held-out accuracy | " + " | ".join(f"d={d}" for d in acc["d"]) + " |",
+            "|---" * (len(acc["d"]) + 1) + "|",
+        ]
         for model in ("lstm", "attention"):
             lines.append(f"| {model} | " + " | ".join(f"{a:.2f}" for a in acc[model]) + " |")
     return figs[0], figs[1], figs[2], "\n".join(lines)
@@ -527,14 +575,20 @@ def build() -> gr.Blocks:
             )
             # the figures carry their own titles: no label badge over them
             rec_acc = gr.Image(label="accuracy against d", type="filepath", show_label=False)
-            rec_attn = gr.Image(label="the trained attention map", type="filepath",
-                                show_label=False)
-            rec_time = gr.Image(label="time against sequence length", type="filepath",
-                                show_label=False)
+            rec_attn = gr.Image(
+                label="the trained attention map", type="filepath", show_label=False
+            )
+            rec_time = gr.Image(
+                label="time against sequence length", type="filepath", show_label=False
+            )
             rec_table = gr.Markdown()
         demo.load(complexity, [mfilt, pfilt], [shipped, shipped_table], api_name="complexity_load")
-        demo.load(lambda: recurrence_view(), None, [rec_acc, rec_time, rec_attn, rec_table],
-                  api_name="recurrence_load")
+        demo.load(
+            lambda: recurrence_view(),
+            None,
+            [rec_acc, rec_time, rec_attn, rec_table],
+            api_name="recurrence_load",
+        )
     return demo
 
 

@@ -22,8 +22,19 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
-__all__ = ["Number", "Slider", "Checkbox", "CheckboxGroup", "user_errors", "refuse", "as_int",
-           "as_float", "as_text", "as_choice", "as_index_or_mean"]
+__all__ = [
+    "Number",
+    "Slider",
+    "Checkbox",
+    "CheckboxGroup",
+    "user_errors",
+    "refuse",
+    "as_int",
+    "as_float",
+    "as_text",
+    "as_choice",
+    "as_index_or_mean",
+]
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,8 +66,9 @@ def as_int(value: Any, name: str, lo: int, hi: int) -> int:
     """A whole number in [lo, hi] from a form value (numbers, numeric strings)."""
     f = _number(value, name)
     if f != int(f):
-        raise refuse(f"{name} must be a whole number, got {_show(value)}: enter one from "
-                       f"{lo} to {hi}.")
+        raise refuse(
+            f"{name} must be a whole number, got {_show(value)}: enter one from {lo} to {hi}."
+        )
     n = int(f)
     if not lo <= n <= hi:
         raise refuse(f"{name} must be from {lo} to {hi}, got {n}: choose a value in range.")
@@ -79,15 +91,18 @@ def as_text(value: Any, name: str, max_chars: int) -> str:
     if not value.strip():
         raise refuse(f"{name} is empty: type some words.")
     if len(value) > max_chars:
-        raise refuse(f"{name} is {len(value):,} characters long: shorten it to at most "
-                       f"{max_chars:,} characters.")
+        raise refuse(
+            f"{name} is {len(value):,} characters long: shorten it to at most "
+            f"{max_chars:,} characters."
+        )
     return value
 
 
 def as_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise refuse(f"{name} must be one of {', '.join(choices)}, got {_show(value)}: pick "
-                       "one of them.")
+        raise refuse(
+            f"{name} must be one of {', '.join(choices)}, got {_show(value)}: pick one of them."
+        )
     return value
 
 
@@ -105,8 +120,11 @@ def _name(component: Any) -> str:
 def _component_number(component: Any, payload: Any) -> Any:
     """A component's numeric payload: numbers pass as they are, numeric strings are read;
     anything else (and NaN, infinities) is refused with the component's label."""
-    if payload is None or (isinstance(payload, (int, float)) and not isinstance(payload, bool)
-                           and math.isfinite(payload)):
+    if payload is None or (
+        isinstance(payload, (int, float))
+        and not isinstance(payload, bool)
+        and math.isfinite(payload)
+    ):
         return payload
     return _number(payload, _name(component))
 
@@ -164,8 +182,10 @@ def user_errors(fn: F, *, what: str | None = None) -> F:
         except gr.Error:
             raise
         except MemoryError as e:
-            raise refuse("This input needs more memory than the server has: choose a shorter "
-                         "input or fewer heads/layers.") from e
+            raise refuse(
+                "This input needs more memory than the server has: choose a shorter "
+                "input or fewer heads/layers."
+            ) from e
         except Exception as e:  # noqa: BLE001 - every failure must reach the page as text
             user = isinstance(e, (ValueError, TypeError, KeyError, IndexError))
             if not user:  # a bug: log it, still answer with a sentence
@@ -175,8 +195,10 @@ def user_errors(fn: F, *, what: str | None = None) -> F:
                 raise refuse(f"Could not {what}: {msg}. Change the input and try again.") from e
             if user:
                 raise refuse(_sentence(e)) from e
-            raise refuse(f"The request failed ({type(e).__name__}: {_sentence(e)}). Try "
-                         "another input; if it keeps failing, please report it.") from e
+            raise refuse(
+                f"The request failed ({type(e).__name__}: {_sentence(e)}). Try "
+                "another input; if it keeps failing, please report it."
+            ) from e
 
     return wrapper  # type: ignore[return-value]
 

@@ -84,8 +84,10 @@ def _grid_html(values: np.ndarray, title: str, col_prefix: str = "H",
     """A (layers, heads) table of numbers in [0, 1], each cell coloured by the shared LUT."""
     v = np.asarray(values, dtype=np.float64)
     table = lut()
-    out = [f'<div class="attnlab-grid"><div style="font-weight:600;margin:4px 0">'
-           f"{escape(title)}</div><table style=\"border-collapse:collapse\"><tr><th></th>"]
+    out = [
+        f'<div class="attnlab-grid"><div style="font-weight:600;margin:4px 0">'
+        f'{escape(title)}</div><table style="border-collapse:collapse"><tr><th></th>'
+    ]
     out += [f"<th>{col_prefix}{h}</th>" for h in range(v.shape[1])]
     out.append("</tr>")
     for li in range(v.shape[0]):
@@ -95,9 +97,11 @@ def _grid_html(values: np.ndarray, title: str, col_prefix: str = "H",
             rgb = table[int(np.clip(0 if not np.isfinite(x) else x, 0, 1) * 255)]
             ink = "#000" if (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) > 140 else "#fff"
             border = "3px solid #d55e00" if highlight == (li, hi) else "1px solid #fff"
-            out.append(f'<td style="padding:3px 6px;text-align:center;font:12px monospace;'
-                       f'background:rgb({rgb[0]},{rgb[1]},{rgb[2]});color:{ink};border:{border}"'
-                       f">{_fmt(x)}</td>")
+            out.append(
+                f'<td style="padding:3px 6px;text-align:center;font:12px monospace;'
+                f'background:rgb({rgb[0]},{rgb[1]},{rgb[2]});color:{ink};border:{border}"'
+                f">{_fmt(x)}</td>"
+            )
         out.append("</tr>")
     out.append("</table></div>")
     return "".join(out)
@@ -149,10 +153,16 @@ def analyse_sentence(text, fusion="mean"):
     att = _sentence_maps(lab.encoder(), text, "encoder")
     w, tokens = att.weights, att.tokens
     n_layers, n_heads, L = w.shape[0], w.shape[1], w.shape[-1]
-    hv = head_view_html(w, tokens, top_k=HV_TOP_K, max_entries=HV_ENTRIES, height=460,
-                        max_tokens=HV_MAX_TOKENS,
-                        title="Head view: hover a token (left: what it attends to; right: what "
-                              "attends to it); pick the layer, click a head to toggle it")
+    hv = head_view_html(
+        w,
+        tokens,
+        top_k=HV_TOP_K,
+        max_entries=HV_ENTRIES,
+        height=460,
+        max_tokens=HV_MAX_TOKENS,
+        title="Head view: hover a token (left: what it attends to; right: what "
+        "attends to it); pick the layer, click a head to toggle it",
+    )
     mv = model_view(w, thumb=56).image
     rollout = attention_rollout(w, head_fusion=fusion)  # (L, L)
     sal = rollout.mean(0).numpy()  # the embedding is the mean of every position's output
@@ -162,15 +172,23 @@ def analyse_sentence(text, fusion="mean"):
     sal_n = np.clip((sal - lo) / max(hi - lo, 1e-12), 0.0, 1.0)  # 0: least, 1: most salient
     offsets = lab.encoder().tokenizer.encode(text).offsets
     spans = _highlight(text, offsets, special, sal_n, att.truncated)
-    top = sorted(((float(sal_n[i]), tokens[i]) for i in range(L) if not special[i]),
-                 reverse=True)[:6]
+    top = sorted(((float(sal_n[i]), tokens[i]) for i in range(L) if not special[i]), reverse=True)[
+        :6
+    ]
     lines = [f"**{L} tokens** ({n_layers} layers × {n_heads} heads of {lab.ENCODER})."]
     if att.truncated:
-        lines.append(f"⚠ The text is longer than {lab.MAX_TOKENS} tokens: the encoder read "
-                     f"only its first {lab.MAX_TOKENS} (special tokens included); the rest "
-                     "is not shown.")
-    lines.append("Most salient (rollout, " + fusion + " over heads): "
-                 + ", ".join(f"`{t}` {s:.2f}" for s, t in top) + ".")
+        lines.append(
+            f"⚠ The text is longer than {lab.MAX_TOKENS} tokens: the encoder read "
+            f"only its first {lab.MAX_TOKENS} (special tokens included); the rest "
+            "is not shown."
+        )
+    lines.append(
+        "Most salient (rollout, "
+        + fusion
+        + " over heads): "
+        + ", ".join(f"`{t}` {s:.2f}" for s, t in top)
+        + "."
+    )
     return hv, mv, spans, "\n\n".join(lines)
 
 
@@ -182,9 +200,14 @@ def sentence_gallery(text):
     scores = lab.encoder_scores()  # cached: the long part runs once
     att = _sentence_maps(lab.gallery_encoder(), text, "gallery_encoder")
     labels, best = scores.labels()
-    view = head_gallery(att.weights, labels, best, thumb=56,
-                        title="Each head on this sentence, named by its behaviour on "
-                              f"{len(lab.GALLERY_CORPUS)} reference sentences")
+    view = head_gallery(
+        att.weights,
+        labels,
+        best,
+        thumb=56,
+        title="Each head on this sentence, named by its behaviour on "
+        f"{len(lab.GALLERY_CORPUS)} reference sentences",
+    )
     n_layers, n_heads = scores.shape
     details = [[scores.scores(i, h) for h in range(n_heads)] for i in range(n_layers)]
     return view.image, head_gallery_html(labels, best, details=details)
@@ -205,8 +228,10 @@ def _encoder_shape() -> tuple[int, int]:
 
 
 def _pair_texts(a, b) -> tuple[str, str]:
-    return (as_text(a, "Sentence A", lab.MAX_PAIR_CHARS),
-            as_text(b, "Sentence B", lab.MAX_PAIR_CHARS))
+    return (
+        as_text(a, "Sentence A", lab.MAX_PAIR_CHARS),
+        as_text(b, "Sentence B", lab.MAX_PAIR_CHARS),
+    )
 
 
 @refusals("compare the sentences")
@@ -219,8 +244,10 @@ def compare_pair(a, b, layer="mean", head="mean"):
     sim = lab.similarity(a, b)
     pa = lab.pair_attention(a, b)
     if not pa.a_pos or not pa.b_pos:
-        raise gr.Error("One sentence has no tokens left after cutting the pair to 512 "
-                       "tokens: shorten the other sentence.")
+        raise gr.Error(
+            "One sentence has no tokens left after cutting the pair to 512 "
+            "tokens: shorten the other sentence."
+        )
     block = pa.block()  # (layers, heads, La, Lb)
     sel = block.mean(0) if li is None else block[li]
     two = sel.mean(0) if hi is None else sel[hi]
@@ -228,15 +255,29 @@ def compare_pair(a, b, layer="mean", head="mean"):
     b_tok = [pa.tokens[i] for i in pa.b_pos]
     lname = "mean of layers" if li is None else f"layer {li}"
     hname = "mean of heads" if hi is None else f"head {hi}"
-    img = heatmap(two, a_tok, b_tok, title=f"A → B attention ({lname}, {hname})",
-                  cbar_label="attention weight from A's token to B's").image
-    hv = head_view_html(block, a_tok, b_tok, top_k=HV_TOP_K, max_entries=HV_ENTRIES,
-                        height=360, title="A's tokens (left) attending to B's (right): hover")
+    img = heatmap(
+        two,
+        a_tok,
+        b_tok,
+        title=f"A → B attention ({lname}, {hname})",
+        cbar_label="attention weight from A's token to B's",
+    ).image
+    hv = head_view_html(
+        block,
+        a_tok,
+        b_tok,
+        top_k=HV_TOP_K,
+        max_entries=HV_ENTRIES,
+        height=360,
+        title="A's tokens (left) attending to B's (right): hover",
+    )
     share = float(two.sum(-1).mean())
-    lines = [f"**Cosine similarity {sim:.4f}** (mean-pooled, normalised embeddings).",
-             f"A has {len(a_tok)} tokens, B {len(b_tok)}; on average {share:.1%} of an A "
-             f"token's attention goes to B ({lname}, {hname}); the rest stays in A or on "
-             "[CLS]/[SEP]."]
+    lines = [
+        f"**Cosine similarity {sim:.4f}** (mean-pooled, normalised embeddings).",
+        f"A has {len(a_tok)} tokens, B {len(b_tok)}; on average {share:.1%} of an A "
+        f"token's attention goes to B ({lname}, {hname}); the rest stays in A or on "
+        "[CLS]/[SEP].",
+    ]
     if pa.truncated:
         lines.append("⚠ The pair was cut to 512 tokens for the cross-attention view.")
     return sim, "\n\n".join(lines), img, hv
@@ -261,8 +302,10 @@ def ablate_pair(a, b, layer=0, head=0, mode="zero"):
     before = lab.similarity(a, b)
     after = _ablated_similarity(enc, a, b, li, [hi], mode)
     how = "zeroed" if mode == "zero" else "its output replaced by its mean over positions"
-    lines = [f"Ablating **layer {li}, head {hi}** ({how}): similarity {before:.4f} → "
-             f"{after:.4f} (**{after - before:+.4f}**)."]
+    lines = [
+        f"Ablating **layer {li}, head {hi}** ({how}): similarity {before:.4f} → "
+        f"{after:.4f} (**{after - before:+.4f}**)."
+    ]
     lengths = enc.encode([a, b]).lengths
     if int(lengths.max()) <= SWEEP_MAX_TOKENS:
         rows = ["| head | similarity | change |", "|---|---|---|"]
@@ -299,32 +342,50 @@ def generate_text(prompt, max_new_tokens=80, temperature=0.8, top_k=0, top_p=0.9
     s = as_int(seed, "Seed", 0, 2**31 - 1)
     model = lab.causal_model("text/chars")
     if n >= model.config.max_len:
-        raise gr.Error(f"The character model reads {model.config.max_len} characters: generate "
-                       f"at most {model.config.max_len - 1}.")
+        raise gr.Error(
+            f"The character model reads {model.config.max_len} characters: generate "
+            f"at most {model.config.max_len - 1}."
+        )
     vocab = model.vocab
     unknown = sorted({c for c in prompt if c not in vocab.index})
     if unknown:
         shown = " ".join(repr(c) for c in unknown[:8])
-        raise gr.Error(f"The character model has never seen {shown}: remove or replace "
-                       "these characters in the prompt.")
+        raise gr.Error(
+            f"The character model has never seen {shown}: remove or replace "
+            "these characters in the prompt."
+        )
     keep = model.config.max_len - n
     note = ""
     if len(prompt) > keep:
         prompt = prompt[-keep:]
-        note = (f" The model reads {model.config.max_len} characters: the prompt was cut to "
-                f"its last {keep}.")
-    trace = lab.generate_traced(model, vocab.encode(prompt), n, temperature=temp,
-                                top_k=min(k, model.config.vocab_size) or None,
-                                top_p=None if p >= 1.0 else p, seed=s)
-    new = "".join(trace.tokens[trace.prompt_len:])
+        note = (
+            f" The model reads {model.config.max_len} characters: the prompt was cut to "
+            f"its last {keep}."
+        )
+    trace = lab.generate_traced(
+        model,
+        vocab.encode(prompt),
+        n,
+        temperature=temp,
+        top_k=min(k, model.config.vocab_size) or None,
+        top_p=None if p >= 1.0 else p,
+        seed=s,
+    )
+    new = "".join(trace.tokens[trace.prompt_len :])
     spans = [(prompt, "prompt"), (new, "generated")]
     mean_p = float(np.mean(trace.chosen_p)) if trace.chosen_p else float("nan")
-    md = (f"Generated **{len(new)} characters** with temperature {temp:g}, top-k "
-          f"{k or 'off'}, top-p {p:g}, seed {s} (mean probability of the chosen character "
-          f"{mean_p:.2f}).{note} Move the slider to see what each character was chosen from.")
+    md = (
+        f"Generated **{len(new)} characters** with temperature {temp:g}, top-k "
+        f"{k or 'off'}, top-p {p:g}, seed {s} (mean probability of the chosen character "
+        f"{mean_p:.2f}).{note} Move the slider to see what each character was chosen from."
+    )
     state = trace.to_state()
-    return spans, md, state, gr.update(minimum=1, maximum=len(new), value=len(new),
-                                       interactive=True)
+    return (
+        spans,
+        md,
+        state,
+        gr.update(minimum=1, maximum=len(new), value=len(new), interactive=True),
+    )
 
 
 @refusals("show that step")
@@ -347,16 +408,24 @@ def generation_step(state, step=1, layer="mean", head="mean"):
     spans = [(_label(t), round(float(v), 3)) for t, v in zip(prefix, scaled, strict=True)]
     top = state["top"][i - 1]
     peak = int(row.argmax())
-    md = (f"Step **{i} / {len(steps)}**: after {S} characters the model wrote "
-          f"**{_label(chosen)!r}** (p = {state['chosen_p'][i - 1]:.2f}). Its top choices: "
-          + ", ".join(f"{_label(t)!r} {q:.2f}" for t, q in top)
-          + f". Strongest key: position {peak} ({_label(prefix[peak])!r}, weight "
-          f"{row[peak]:.2f}).")
+    md = (
+        f"Step **{i} / {len(steps)}**: after {S} characters the model wrote "
+        f"**{_label(chosen)!r}** (p = {state['chosen_p'][i - 1]:.2f}). Its top choices: "
+        + ", ".join(f"{_label(t)!r} {q:.2f}" for t, q in top)
+        + f". Strongest key: position {peak} ({_label(prefix[peak])!r}, weight "
+        f"{row[peak]:.2f})."
+    )
     rows = w.reshape(-1, S)
     names = [f"L{a}H{b}" for a in range(w.shape[0]) for b in range(w.shape[1])]
-    img = heatmap(rows, names, [_label(t) for t in prefix], size=(9.0, 3.6), max_labels=48,
-                  title=f"step {i}: each head's attention over the prefix (rows: heads)",
-                  cbar_label="attention weight").image
+    img = heatmap(
+        rows,
+        names,
+        [_label(t) for t in prefix],
+        size=(9.0, 3.6),
+        max_labels=48,
+        title=f"step {i}: each head's attention over the prefix (rows: heads)",
+        cbar_label="attention weight",
+    ).image
     return spans, md, img
 
 
@@ -364,9 +433,11 @@ def generation_step(state, step=1, layer="mean", head="mean"):
 # 5. induction checkpoints
 # ------------------------------------------------------------------------------------------
 def _no_checkpoints() -> gr.Error:
-    return gr.Error("No training checkpoints of text/induction are shipped in this "
-                    "installation: train them with `attnlab train text/induction "
-                    "data.snapshots=text/induction --save-weights text/induction`.")
+    return gr.Error(
+        "No training checkpoints of text/induction are shipped in this "
+        "installation: train them with `attnlab train text/induction "
+        "data.snapshots=text/induction --save-weights text/induction`."
+    )
 
 
 @refusals("show that checkpoint")
@@ -382,16 +453,22 @@ def induction_checkpoint(index=0):
     curve = lab.training_curve([n for _, n in cks])
     labels, best = scores.labels()
     title = f"step {step}: heads on a random sequence repeated (period {period})"
-    gallery = head_gallery(attn, labels, best, thumb=96 if attn.shape[1] <= 8 else 56,
-                           title=title).image
+    gallery = head_gallery(
+        attn, labels, best, thumb=96 if attn.shape[1] <= 8 else 56, title=title
+    ).image
     ind = scores.induction
     li, hi = np.unravel_index(int(np.nanargmax(ind)), ind.shape)
-    md = (f"<p>Checkpoint <b>{i + 1} of {len(cks)}</b> (<code>{escape(name)}</code>, step "
-          f"{step}): loss on the second repeat {loss:.3f}; strongest induction head "
-          f"<b>L{li}H{hi}</b> ({ind[li, hi]:.2f}).</p>"
-          + _grid_html(ind, "induction score per head (weight from t to the token after its "
-                       "previous occurrence)", highlight=(int(li), int(hi)))
-          + _grid_html(scores.previous_token, "previous-token score per head"))
+    md = (
+        f"<p>Checkpoint <b>{i + 1} of {len(cks)}</b> (<code>{escape(name)}</code>, step "
+        f"{step}): loss on the second repeat {loss:.3f}; strongest induction head "
+        f"<b>L{li}H{hi}</b> ({ind[li, hi]:.2f}).</p>"
+        + _grid_html(
+            ind,
+            "induction score per head (weight from t to the token after its previous occurrence)",
+            highlight=(int(li), int(hi)),
+        )
+        + _grid_html(scores.previous_token, "previous-token score per head")
+    )
     return plot_checkpoint(curve, step), gallery, md
 
 
@@ -403,8 +480,10 @@ def _agreement_run(sentence, ablate: tuple[int, int] | None = None):
     case = lab.parse_agreement(text)
     model = lab.causal_model("text/agreement")
     if len(case.words) > model.config.max_len:
-        raise gr.Error(f"The sentence has {len(case.words)} words; the agreement model reads "
-                       f"{model.config.max_len}: shorten it.")
+        raise gr.Error(
+            f"The sentence has {len(case.words)} words; the agreement model reads "
+            f"{model.config.max_len}: shorten it."
+        )
     ids = torch.tensor([model.encode(" ".join(case.words))])
     return case, model, ids
 
@@ -442,18 +521,23 @@ def agreement_view(sentence):
     w = case.words
     choice = case.right if pr >= pw else case.wrong
     verdict = "✔ agrees with" if pr >= pw else "✘ disagrees with"
-    md = (f"Subject **{w[case.subject_pos]}** (position {case.subject_pos}), verb slot "
-          f"**{w[case.verb_pos]}** (position {case.verb_pos})"
-          + (", with an attractor noun between them" if case.attractor else "") + ".\n\n"
-          f"At *{w[case.verb_pos - 1]}* the model prefers **{choice}**: P({case.right}) = "
-          f"{_p(pr)}, P({case.wrong}) = {_p(pw)}, which {verdict} the subject. Its top "
-          "next words: " + ", ".join(f"{t} {q:.2f}" for t, q in top) + ".")
-    tables = (_grid_html(before, f"attention to the subject from '{w[case.verb_pos - 1]}' "
-                                 "(the position that chooses the verb)")
-              + _grid_html(at_verb, f"attention to the subject from the verb "
-                                    f"'{w[case.verb_pos]}'"))
-    hv = head_view_html(attn, w, top_k=HV_TOP_K, height=380,
-                        title="Head view of the sentence: hover a word")
+    md = (
+        f"Subject **{w[case.subject_pos]}** (position {case.subject_pos}), verb slot "
+        f"**{w[case.verb_pos]}** (position {case.verb_pos})"
+        + (", with an attractor noun between them" if case.attractor else "")
+        + ".\n\n"
+        f"At *{w[case.verb_pos - 1]}* the model prefers **{choice}**: P({case.right}) = "
+        f"{_p(pr)}, P({case.wrong}) = {_p(pw)}, which {verdict} the subject. Its top "
+        "next words: " + ", ".join(f"{t} {q:.2f}" for t, q in top) + "."
+    )
+    tables = _grid_html(
+        before,
+        f"attention to the subject from '{w[case.verb_pos - 1]}' "
+        "(the position that chooses the verb)",
+    ) + _grid_html(at_verb, f"attention to the subject from the verb '{w[case.verb_pos]}'")
+    hv = head_view_html(
+        attn, w, top_k=HV_TOP_K, height=380, title="Head view of the sentence: hover a word"
+    )
     return tables, md, hv
 
 
@@ -467,33 +551,40 @@ def agreement_ablate(sentence, layer=0, head=0):
     hi = as_int(head, "Head to ablate", 0, n_heads - 1)
     pr, pw, _ = _verb_probs(model, ids, case)
     base = math.log(max(pr, 1e-12)) - math.log(max(pw, 1e-12))
-    rows = ["| head | P(" + case.right + ") | P(" + case.wrong + ") | log-odds | change |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| head | P(" + case.right + ") | P(" + case.wrong + ") | log-odds | change |",
+        "|---|---|---|---|---|",
+    ]
     chosen = None
     for a in range(depth):
         for b in range(n_heads):
             r, q, _ = _verb_probs(model, ids, case, {f"encoder.blocks.{a}.attn": [b]})
             lo = math.log(max(r, 1e-12)) - math.log(max(q, 1e-12))
             mark = "**" if (a, b) == (li, hi) else ""
-            rows.append(f"| {mark}L{a}H{b}{mark} | {_p(r)} | {_p(q)} | {lo:+.2f} | "
-                        f"{lo - base:+.2f} |")
+            rows.append(
+                f"| {mark}L{a}H{b}{mark} | {_p(r)} | {_p(q)} | {lo:+.2f} | {lo - base:+.2f} |"
+            )
             if (a, b) == (li, hi):
                 chosen = (r, q, lo)
     r, q, lo = chosen
     flip = (r >= q) != (pr >= pw)
-    return (f"Without ablation P({case.right}) = {_p(pr)}, P({case.wrong}) = {_p(pw)} "
-            f"(log-odds {base:+.2f}). Zeroing **L{li}H{hi}**: P({case.right}) = {_p(r)}, "
-            f"P({case.wrong}) = {_p(q)} (log-odds {lo:+.2f}, change **{lo - base:+.2f}**)"
-            + (" — **the choice flips**." if flip else ".")
-            + "\n\nEvery head zeroed in turn:\n\n" + "\n".join(rows))
+    return (
+        f"Without ablation P({case.right}) = {_p(pr)}, P({case.wrong}) = {_p(pw)} "
+        f"(log-odds {base:+.2f}). Zeroing **L{li}H{hi}**: P({case.right}) = {_p(r)}, "
+        f"P({case.wrong}) = {_p(q)} (log-odds {lo:+.2f}, change **{lo - base:+.2f}**)"
+        + (" — **the choice flips**." if flip else ".")
+        + "\n\nEvery head zeroed in turn:\n\n"
+        + "\n".join(rows)
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # layout
 # ------------------------------------------------------------------------------------------
 EXAMPLE = "The keys to the old cabinet, which my grandmother left me, are on the table."
-LONG_HINT = (f"Up to {lab.MAX_CHARS:,} characters; the encoder reads the first "
-             f"{lab.MAX_TOKENS} tokens.")
+LONG_HINT = (
+    f"Up to {lab.MAX_CHARS:,} characters; the encoder reads the first {lab.MAX_TOKENS} tokens."
+)
 
 
 def _choices(n: int, what: str) -> list[tuple[str, Any]]:
@@ -510,178 +601,327 @@ def build() -> gr.Blocks:
     cid = CONCURRENCY
     with gr.Blocks(title="attnlab: Text") as demo:
         with gr.Tab("Sentence"):
-            gr.Markdown("### One sentence through all-MiniLM-L6-v2\nType a sentence (or a long "
-                        "paragraph) and press **Analyse**: the head view, the model view, "
-                        "which words the embedding draws on (attention rollout), and every "
-                        "head named by its behaviour.")
+            gr.Markdown(
+                "### One sentence through all-MiniLM-L6-v2\nType a sentence (or a long "
+                "paragraph) and press **Analyse**: the head view, the model view, "
+                "which words the embedding draws on (attention rollout), and every "
+                "head named by its behaviour."
+            )
             with gr.Row():
-                text = gr.Textbox(EXAMPLE, lines=3, label="sentence", info=LONG_HINT,
-                                  max_length=lab.MAX_CHARS, elem_id="text-input", scale=4)
+                text = gr.Textbox(
+                    EXAMPLE,
+                    lines=3,
+                    label="sentence",
+                    info=LONG_HINT,
+                    max_length=lab.MAX_CHARS,
+                    elem_id="text-input",
+                    scale=4,
+                )
                 with gr.Column(scale=1, min_width=200):
-                    fusion = gr.Radio(list(FUSIONS), value="mean",
-                                      label="rollout: fuse heads by")
+                    fusion = gr.Radio(list(FUSIONS), value="mean", label="rollout: fuse heads by")
                     run = gr.Button("Analyse", variant="primary", elem_id="text-run")
             info = gr.Markdown(elem_id="text-info")
-            saliency = gr.HighlightedText(label="rollout saliency: what the embedding draws "
-                                                "on (0 = the least, 1 = the most salient word)",
-                                          elem_id="text-saliency", show_legend=False)
+            saliency = gr.HighlightedText(
+                label="rollout saliency: what the embedding draws "
+                "on (0 = the least, 1 = the most salient word)",
+                elem_id="text-saliency",
+                show_legend=False,
+            )
             hv = gr.HTML("", js_on_load=head_view_js(), elem_id="text-head-view")
             with gr.Row():
-                mv = gr.Image(label="model view: every layer × head (weight / head max)",
-                              type="pil", format="png", elem_id="text-model-view",
-                              buttons=["download"])
-            gal = gr.Image(label="head gallery", type="pil", format="png", show_label=False,
-                           elem_id="text-gallery", buttons=["download"])
-            with gr.Accordion("head labels as a table (hover a cell for every score)",
-                              open=False):
+                mv = gr.Image(
+                    label="model view: every layer × head (weight / head max)",
+                    type="pil",
+                    format="png",
+                    elem_id="text-model-view",
+                    buttons=["download"],
+                )
+            gal = gr.Image(
+                label="head gallery",
+                type="pil",
+                format="png",
+                show_label=False,
+                elem_id="text-gallery",
+                buttons=["download"],
+            )
+            with gr.Accordion("head labels as a table (hover a cell for every score)", open=False):
                 gal_html = gr.HTML(elem_id="text-gallery-table")
-            ev = run.click(analyse_sentence, [text, fusion], [hv, mv, saliency, info],
-                           api_name="text_sentence", concurrency_id=cid["encoder"],
-                           concurrency_limit=1)
-            ev.success(sentence_gallery, [text], [gal, gal_html], api_name="text_gallery",
-                       concurrency_id=cid["gallery"], concurrency_limit=1)
+            ev = run.click(
+                analyse_sentence,
+                [text, fusion],
+                [hv, mv, saliency, info],
+                api_name="text_sentence",
+                concurrency_id=cid["encoder"],
+                concurrency_limit=1,
+            )
+            ev.success(
+                sentence_gallery,
+                [text],
+                [gal, gal_html],
+                api_name="text_gallery",
+                concurrency_id=cid["gallery"],
+                concurrency_limit=1,
+            )
 
         with gr.Tab("Two sentences"):
-            gr.Markdown("### Similarity and cross-sentence attention\nThe pair is read as one "
-                        "input `[CLS] A [SEP] B [SEP]`; the map shows the attention from A's "
-                        "tokens to B's.")
+            gr.Markdown(
+                "### Similarity and cross-sentence attention\nThe pair is read as one "
+                "input `[CLS] A [SEP] B [SEP]`; the map shows the attention from A's "
+                "tokens to B's."
+            )
             with gr.Row():
-                pa = gr.Textbox("A man is playing a guitar on stage.", label="sentence A",
-                                max_length=lab.MAX_PAIR_CHARS, elem_id="text-pair-a")
-                pb = gr.Textbox("Someone performs music at a concert.", label="sentence B",
-                                max_length=lab.MAX_PAIR_CHARS, elem_id="text-pair-b")
+                pa = gr.Textbox(
+                    "A man is playing a guitar on stage.",
+                    label="sentence A",
+                    max_length=lab.MAX_PAIR_CHARS,
+                    elem_id="text-pair-a",
+                )
+                pb = gr.Textbox(
+                    "Someone performs music at a concert.",
+                    label="sentence B",
+                    max_length=lab.MAX_PAIR_CHARS,
+                    elem_id="text-pair-b",
+                )
             with gr.Row():
-                p_layer = gr.Dropdown(_choices(enc_layers, "layer"), value="mean",
-                                      label="layer")
+                p_layer = gr.Dropdown(_choices(enc_layers, "layer"), value="mean", label="layer")
                 p_head = gr.Dropdown(_choices(enc_heads, "head"), value="mean", label="head")
                 compare = gr.Button("Compare", variant="primary", elem_id="text-compare")
-            sim = guard.Number(label="cosine similarity", interactive=False,
-                            elem_id="text-similarity")
+            sim = guard.Number(
+                label="cosine similarity", interactive=False, elem_id="text-similarity"
+            )
             p_info = gr.Markdown()
             with gr.Row():
-                p_map = gr.Image(label="A → B attention", type="pil", format="png",
-                                 show_label=False, elem_id="text-pair-map")
+                p_map = gr.Image(
+                    label="A → B attention",
+                    type="pil",
+                    format="png",
+                    show_label=False,
+                    elem_id="text-pair-map",
+                )
                 p_hv = gr.HTML("", js_on_load=head_view_js(), elem_id="text-pair-head-view")
-            gr.Markdown("#### Ablate a head\nZero one head (or replace its output by its mean) "
-                        "and embed both sentences again.")
+            gr.Markdown(
+                "#### Ablate a head\nZero one head (or replace its output by its mean) "
+                "and embed both sentences again."
+            )
             with gr.Row():
-                ab_layer = guard.Number(0, precision=0, minimum=0, maximum=enc_layers - 1,
-                                     label=f"layer (0-{enc_layers - 1})")
-                ab_head = guard.Number(0, precision=0, minimum=0, maximum=enc_heads - 1,
-                                    label=f"head (0-{enc_heads - 1})")
+                ab_layer = guard.Number(
+                    0,
+                    precision=0,
+                    minimum=0,
+                    maximum=enc_layers - 1,
+                    label=f"layer (0-{enc_layers - 1})",
+                )
+                ab_head = guard.Number(
+                    0,
+                    precision=0,
+                    minimum=0,
+                    maximum=enc_heads - 1,
+                    label=f"head (0-{enc_heads - 1})",
+                )
                 ab_mode = gr.Radio(list(MODES), value="zero", label="ablation")
                 ablate = gr.Button("Ablate", elem_id="text-ablate")
             with gr.Row():
                 ab_before = guard.Number(label="similarity", interactive=False)
-                ab_after = guard.Number(label="similarity with the head ablated",
-                                     interactive=False)
+                ab_after = guard.Number(label="similarity with the head ablated", interactive=False)
             ab_info = gr.Markdown()
-            compare.click(compare_pair, [pa, pb, p_layer, p_head], [sim, p_info, p_map, p_hv],
-                          api_name="text_pair", concurrency_id=cid["encoder"],
-                          concurrency_limit=1)
-            ablate.click(ablate_pair, [pa, pb, ab_layer, ab_head, ab_mode],
-                         [ab_before, ab_after, ab_info], api_name="text_ablate",
-                         concurrency_id=cid["encoder"], concurrency_limit=1)
+            compare.click(
+                compare_pair,
+                [pa, pb, p_layer, p_head],
+                [sim, p_info, p_map, p_hv],
+                api_name="text_pair",
+                concurrency_id=cid["encoder"],
+                concurrency_limit=1,
+            )
+            ablate.click(
+                ablate_pair,
+                [pa, pb, ab_layer, ab_head, ab_mode],
+                [ab_before, ab_after, ab_info],
+                api_name="text_ablate",
+                concurrency_id=cid["encoder"],
+                concurrency_limit=1,
+            )
 
         with gr.Tab("Generate"):
-            gr.Markdown("### Character-level generation (`text/chars`)\nThe model was trained "
-                        "on Python's documentation. Every step's attention is recorded while "
-                        "it generates (with its KV cache).")
+            gr.Markdown(
+                "### Character-level generation (`text/chars`)\nThe model was trained "
+                "on Python's documentation. Every step's attention is recorded while "
+                "it generates (with its KV cache)."
+            )
             with gr.Row():
-                prompt = gr.Textbox("The list data type has some more methods. ",
-                                    label="prompt", max_length=lab.MAX_PROMPT_CHARS, scale=3,
-                                    elem_id="text-prompt")
+                prompt = gr.Textbox(
+                    "The list data type has some more methods. ",
+                    label="prompt",
+                    max_length=lab.MAX_PROMPT_CHARS,
+                    scale=3,
+                    elem_id="text-prompt",
+                )
                 with gr.Column(scale=2):
-                    n_new = guard.Slider(1, lab.MAX_NEW_TOKENS, 60, step=1,
-                                      label="characters to generate")
+                    n_new = guard.Slider(
+                        1, lab.MAX_NEW_TOKENS, 60, step=1, label="characters to generate"
+                    )
                     temp = guard.Slider(0.0, 2.0, 0.8, step=0.05, label="temperature (0 = greedy)")
                     with gr.Row():
                         top_k = guard.Number(0, precision=0, minimum=0, label="top-k (0 = off)")
                         top_p = guard.Slider(0.05, 1.0, 0.95, step=0.05, label="top-p")
                         seed = guard.Number(0, precision=0, minimum=0, label="seed")
                     gen = gr.Button("Generate", variant="primary", elem_id="text-generate")
-            out = gr.HighlightedText(label="text", color_map={"generated": "#56B4E9",
-                                                              "prompt": "#E69F00"},
-                                     elem_id="text-generated")
+            out = gr.HighlightedText(
+                label="text",
+                color_map={"generated": "#56B4E9", "prompt": "#E69F00"},
+                elem_id="text-generated",
+            )
             g_info = gr.Markdown()
             state = gr.State(None)
             with gr.Row():
-                step = guard.Slider(1, lab.MAX_NEW_TOKENS, 1, step=1, label="generated character",
-                                 interactive=False, scale=3)
+                step = guard.Slider(
+                    1,
+                    lab.MAX_NEW_TOKENS,
+                    1,
+                    step=1,
+                    label="generated character",
+                    interactive=False,
+                    scale=3,
+                )
                 s_layer = gr.Dropdown(_choices(ch_layers, "layer"), value="mean", label="layer")
                 s_head = gr.Dropdown(_choices(ch_heads, "head"), value="mean", label="head")
-            s_spans = gr.HighlightedText(label="attention over the prefix when this character "
-                                               "was chosen (weight / max)",
-                                         elem_id="text-step")
+            s_spans = gr.HighlightedText(
+                label="attention over the prefix when this character was chosen (weight / max)",
+                elem_id="text-step",
+            )
             s_info = gr.Markdown()
-            s_map = gr.Image(label="every head", type="pil", format="png", show_label=False,
-                             elem_id="text-step-map")
-            step_args = dict(fn=generation_step, inputs=[state, step, s_layer, s_head],
-                             outputs=[s_spans, s_info, s_map], concurrency_id=cid["steps"],
-                             concurrency_limit=2)
-            gen.click(generate_text, [prompt, n_new, temp, top_k, top_p, seed],
-                      [out, g_info, state, step], api_name="text_generate",
-                      concurrency_id=cid["generate"], concurrency_limit=1,
-                      ).success(api_name="text_step_after_generate", **step_args)
+            s_map = gr.Image(
+                label="every head",
+                type="pil",
+                format="png",
+                show_label=False,
+                elem_id="text-step-map",
+            )
+            step_args = dict(
+                fn=generation_step,
+                inputs=[state, step, s_layer, s_head],
+                outputs=[s_spans, s_info, s_map],
+                concurrency_id=cid["steps"],
+                concurrency_limit=2,
+            )
+            gen.click(
+                generate_text,
+                [prompt, n_new, temp, top_k, top_p, seed],
+                [out, g_info, state, step],
+                api_name="text_generate",
+                concurrency_id=cid["generate"],
+                concurrency_limit=1,
+            ).success(api_name="text_step_after_generate", **step_args)
             step.release(api_name="text_step", trigger_mode="always_last", **step_args)
             s_layer.input(api_name="text_step_layer", **step_args)
             s_head.input(api_name="text_step_head", **step_args)
 
         with gr.Tab("Induction"):
-            gr.Markdown("### Induction heads forming (`text/induction`)\nA two-layer "
-                        "attention-only model trained on repeated random tokens. Slide over "
-                        "its training checkpoints: the loss drops when a head starts to attend "
-                        "to the token after the previous occurrence of the current one.")
+            gr.Markdown(
+                "### Induction heads forming (`text/induction`)\nA two-layer "
+                "attention-only model trained on repeated random tokens. Slide over "
+                "its training checkpoints: the loss drops when a head starts to attend "
+                "to the token after the previous occurrence of the current one."
+            )
             if cks:
-                ck = guard.Slider(0, len(cks) - 1, len(cks) - 1, step=1,
-                               label="checkpoint (" + ", ".join(f"{i}: step {s}"
-                                                                for i, (s, _) in enumerate(cks))
-                               + ")", elem_id="text-checkpoint")
+                ck = guard.Slider(
+                    0,
+                    len(cks) - 1,
+                    len(cks) - 1,
+                    step=1,
+                    label="checkpoint ("
+                    + ", ".join(f"{i}: step {s}" for i, (s, _) in enumerate(cks))
+                    + ")",
+                    elem_id="text-checkpoint",
+                )
                 with gr.Row():
-                    curve = gr.Image(label="training curve", type="pil", format="png",
-                                     show_label=False, elem_id="text-curve")
-                    igal = gr.Image(label="heads at this checkpoint", type="pil", format="png",
-                                    show_label=False, elem_id="text-checkpoint-heads")
+                    curve = gr.Image(
+                        label="training curve",
+                        type="pil",
+                        format="png",
+                        show_label=False,
+                        elem_id="text-curve",
+                    )
+                    igal = gr.Image(
+                        label="heads at this checkpoint",
+                        type="pil",
+                        format="png",
+                        show_label=False,
+                        elem_id="text-checkpoint-heads",
+                    )
                 i_info = gr.HTML()
-                i_args = dict(fn=induction_checkpoint, inputs=[ck], outputs=[curve, igal, i_info],
-                              concurrency_id=cid["induction"], concurrency_limit=1)
+                i_args = dict(
+                    fn=induction_checkpoint,
+                    inputs=[ck],
+                    outputs=[curve, igal, i_info],
+                    concurrency_id=cid["induction"],
+                    concurrency_limit=1,
+                )
                 ck.release(api_name="text_induction", trigger_mode="always_last", **i_args)
                 demo.load(api_name="text_induction_load", **i_args)
             else:
-                gr.Markdown("*No training checkpoints of `text/induction` are shipped in this "
-                            "installation.*")
+                gr.Markdown(
+                    "*No training checkpoints of `text/induction` are shipped in this "
+                    "installation.*"
+                )
 
         with gr.Tab("Agreement"):
-            gr.Markdown("### Subject-verb agreement (`text/agreement`)\nA word-level model "
-                        "trained on a small grammar. Pick a held-out sentence (those with an "
-                        "attractor noun between subject and verb come first) or write one with "
-                        "its words.")
+            gr.Markdown(
+                "### Subject-verb agreement (`text/agreement`)\nA word-level model "
+                "trained on a small grammar. Pick a held-out sentence (those with an "
+                "attractor noun between subject and verb come first) or write one with "
+                "its words."
+            )
             try:
                 examples = list(lab.agreement_examples())
             except Exception:  # noqa: BLE001 -- the grammar module is optional here
                 examples = []
             with gr.Row():
-                sent = gr.Dropdown(examples, value=examples[0] if examples else None,
-                                   allow_custom_value=True, label="sentence", scale=4,
-                                   elem_id="text-agreement-sentence")
+                sent = gr.Dropdown(
+                    examples,
+                    value=examples[0] if examples else None,
+                    allow_custom_value=True,
+                    label="sentence",
+                    scale=4,
+                    elem_id="text-agreement-sentence",
+                )
                 read = gr.Button("Read", variant="primary", elem_id="text-agreement-run")
             a_info = gr.Markdown()
             with gr.Row():
                 a_tables = gr.HTML()
                 a_hv = gr.HTML("", js_on_load=head_view_js())
             with gr.Row():
-                g_layer = guard.Number(0, precision=0, minimum=0, maximum=ag_layers - 1,
-                                    label=f"layer to ablate (0-{ag_layers - 1})")
-                g_head = guard.Number(0, precision=0, minimum=0, maximum=ag_heads - 1,
-                                   label=f"head to ablate (0-{ag_heads - 1})")
+                g_layer = guard.Number(
+                    0,
+                    precision=0,
+                    minimum=0,
+                    maximum=ag_layers - 1,
+                    label=f"layer to ablate (0-{ag_layers - 1})",
+                )
+                g_head = guard.Number(
+                    0,
+                    precision=0,
+                    minimum=0,
+                    maximum=ag_heads - 1,
+                    label=f"head to ablate (0-{ag_heads - 1})",
+                )
                 g_btn = gr.Button("Ablate")
             g_info = gr.Markdown()
-            read.click(agreement_view, [sent], [a_tables, a_info, a_hv],
-                       api_name="text_agreement", concurrency_id=cid["agreement"],
-                       concurrency_limit=1)
-            g_btn.click(agreement_ablate, [sent, g_layer, g_head], [g_info],
-                        api_name="text_agreement_ablate", concurrency_id=cid["agreement"],
-                        concurrency_limit=1)
+            read.click(
+                agreement_view,
+                [sent],
+                [a_tables, a_info, a_hv],
+                api_name="text_agreement",
+                concurrency_id=cid["agreement"],
+                concurrency_limit=1,
+            )
+            g_btn.click(
+                agreement_ablate,
+                [sent, g_layer, g_head],
+                [g_info],
+                api_name="text_agreement_ablate",
+                concurrency_id=cid["agreement"],
+                concurrency_limit=1,
+            )
     return demo
 
 

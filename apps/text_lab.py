@@ -61,7 +61,12 @@ GALLERY_CORPUS = (
 # ------------------------------------------------------------------------------------------
 # (the checks live in apps/guard.py, shared by every tab; re-exported here for apps/text.py)
 as_choice, as_float, as_index_or_mean, as_int, as_text = (
-    guard.as_choice, guard.as_float, guard.as_index_or_mean, guard.as_int, guard.as_text)
+    guard.as_choice,
+    guard.as_float,
+    guard.as_index_or_mean,
+    guard.as_int,
+    guard.as_text,
+)
 
 
 def refusals(what: str) -> Callable:
@@ -135,10 +140,18 @@ def encoder_scores():
         special = [i for i in (cls, sep, enc.model.cfg.pad_id) if i is not None]
         batch = enc.encode(list(GALLERY_CORPUS))
         with model_lock("gallery_encoder"), torch.no_grad():
-            return score_heads(enc.model, lambda ids, n: enc.model(ids, lengths=n), batch.ids,
-                               lengths=batch.lengths, special_ids=special,
-                               vocab=(1000, enc.model.cfg.vocab_size), induction_len=16,
-                               induction_batch=2, prefix=[cls], suffix=[sep])
+            return score_heads(
+                enc.model,
+                lambda ids, n: enc.model(ids, lengths=n),
+                batch.ids,
+                lengths=batch.lengths,
+                special_ids=special,
+                vocab=(1000, enc.model.cfg.vocab_size),
+                induction_len=16,
+                induction_batch=2,
+                prefix=[cls],
+                suffix=[sep],
+            )
 
     return _cached("encoder_scores", make)
 
@@ -150,9 +163,11 @@ def causal_model(name: str):
         try:
             return registry.load(name)
         except ValueError as e:  # unknown name, or a WeightsError (a ValueError)
-            raise gr.Error(f"The shipped model {name} is not available in this installation "
-                           f"({e}). Train it with `attnlab train {name.split('/step-')[0]} "
-                           f"--save-weights {name}`, or use another tab.") from None
+            raise gr.Error(
+                f"The shipped model {name} is not available in this installation "
+                f"({e}). Train it with `attnlab train {name.split('/step-')[0]} "
+                f"--save-weights {name}`, or use another tab."
+            ) from None
 
     return _cached(("causal", name), make)
 
@@ -186,8 +201,11 @@ def pair_attention(a: str, b: str) -> PairAttention:
     with model_lock("encoder"), torch.no_grad(), record_attention(enc.model) as maps:
         enc.model(ids, token_type_ids=types)
         w = maps.stack()[:, 0]
-    words = [(i, t) for i, (t, s) in enumerate(zip(e.type_ids, e.special_tokens_mask,
-                                                      strict=True)) if not s]
+    words = [
+        (i, t)
+        for i, (t, s) in enumerate(zip(e.type_ids, e.special_tokens_mask, strict=True))
+        if not s
+    ]
     a_pos = [i for i, t in words if t == 0]
     b_pos = [i for i, t in words if t == 1]
     return PairAttention(list(e.tokens), w, a_pos, b_pos, bool(e.overflowing))
@@ -217,9 +235,15 @@ class GenerationTrace:
     layer_names: list[str]
 
     def to_state(self) -> dict[str, Any]:
-        return {"kind": "generation", "tokens": self.tokens, "prompt_len": self.prompt_len,
-                "steps": self.steps, "chosen_p": self.chosen_p, "top": self.top,
-                "layer_names": self.layer_names}
+        return {
+            "kind": "generation",
+            "tokens": self.tokens,
+            "prompt_len": self.prompt_len,
+            "steps": self.steps,
+            "chosen_p": self.chosen_p,
+            "top": self.top,
+            "layer_names": self.layer_names,
+        }
 
 
 def generate_traced(model, prompt_ids: list[int], n: int, *, temperature: float,
@@ -230,8 +254,16 @@ def generate_traced(model, prompt_ids: list[int], n: int, *, temperature: float,
     from attnlab.domains.text.generate import generate
 
     with model_lock(name), record_attention(model, layers="encoder.blocks.*.attn") as maps:
-        g = generate(model, prompt_ids, n, temperature=temperature, top_k=top_k, top_p=top_p,
-                     seed=seed, use_cache=True)
+        g = generate(
+            model,
+            prompt_ids,
+            n,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            use_cache=True,
+        )
     names = list(maps)
     calls = [maps.calls(nm) for nm in names]
     steps = []
@@ -240,10 +272,18 @@ def generate_traced(model, prompt_ids: list[int], n: int, *, temperature: float,
         steps.append(np.stack(rows).astype(np.float32))
     vocab = model.vocab
     ids = g.ids[0].tolist()
-    top = [[(vocab.tokens[int(t)], float(p)) for t, p in zip(ti, pi, strict=True)]
-           for ti, pi in zip(g.top_ids[0].tolist(), g.top_probs[0].tolist(), strict=True)]
-    return GenerationTrace([vocab.tokens[i] for i in ids], g.prompt_len, steps,
-                           [float(x) for x in g.logprobs[0].exp().tolist()], top, names)
+    top = [
+        [(vocab.tokens[int(t)], float(p)) for t, p in zip(ti, pi, strict=True)]
+        for ti, pi in zip(g.top_ids[0].tolist(), g.top_probs[0].tolist(), strict=True)
+    ]
+    return GenerationTrace(
+        [vocab.tokens[i] for i in ids],
+        g.prompt_len,
+        steps,
+        [float(x) for x in g.logprobs[0].exp().tolist()],
+        top,
+        names,
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -294,16 +334,29 @@ def induction_probe(name: str, seq_len: int = 64):
 
         model = causal_model(name)
         V, L = model.config.vocab_size, min(seq_len, model.config.max_len)
-        task = induction_task(8, seq_len=L, min_period=max(2, L // 8), max_period=L * 7 // 16,
-                              vocab_size=max(V, L), seed=1234)
+        task = induction_task(
+            8,
+            seq_len=L,
+            min_period=max(2, L // 8),
+            max_period=L * 7 // 16,
+            vocab_size=max(V, L),
+            seed=1234,
+        )
         with model_lock(name), torch.no_grad():
             with record_attention(model, layers="encoder.blocks.*.attn") as maps:
                 logits = model(task.tokens[:1])
             attn = maps.stack()[:, 0]
-            scores = score_heads(model, lambda ids, _: model(ids), task.tokens, vocab=(0, V),
-                                 induction_len=min(24, (L - 1) // 2), example=None)
-        loss = float(torch.nn.functional.cross_entropy(logits[0], task.targets[0],
-                                                       ignore_index=IGNORE))
+            scores = score_heads(
+                model,
+                lambda ids, _: model(ids),
+                task.tokens,
+                vocab=(0, V),
+                induction_len=min(24, (L - 1) // 2),
+                example=None,
+            )
+        loss = float(
+            torch.nn.functional.cross_entropy(logits[0], task.targets[0], ignore_index=IGNORE)
+        )
         return attn, int(task.period[0]), scores, loss
 
     return _cached(("induction", name), make)
@@ -329,8 +382,7 @@ def training_curve(names: Sequence[str]) -> list[dict[str, float]]:
         m = card.get("metrics") or {}
         if "step" in m:
             points.append(m)
-    return [dict(r) for r in (best if len(best) >= len(points) else points)
-            if isinstance(r, dict)]
+    return [dict(r) for r in (best if len(best) >= len(points) else points) if isinstance(r, dict)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -363,8 +415,10 @@ def parse_agreement(sentence: str) -> AgreementCase:
     if unknown:
         shown = ", ".join(repr(w) for w in unknown[:6])
         verb = "is" if len(unknown) == 1 else "are"
-        raise gr.Error(f"The agreement model knows only the words of its grammar; {shown} "
-                       f"{verb} not one of them. Pick an example sentence or use its words.")
+        raise gr.Error(
+            f"The agreement model knows only the words of its grammar; {shown} "
+            f"{verb} not one of them. Pick an example sentence or use its words."
+        )
     words = [data.BOS, *words]
     noun_num = {w: pl for pair in data.NOUNS + data.PLACES for pl, w in enumerate(pair)}
     animate = {w for pair in data.NOUNS for w in pair}
@@ -374,15 +428,17 @@ def parse_agreement(sentence: str) -> AgreementCase:
     subject = next((i for i in range(start, len(words)) if words[i] in animate), None)
     verb = next((i for i in range(len(words) - 1, 0, -1) if words[i] in verbs), None)
     if subject is None or verb is None or verb <= subject:
-        raise gr.Error("The sentence needs a subject noun (e.g. 'the cat') followed by a verb "
-                       "(e.g. 'runs'): pick an example sentence.")
+        raise gr.Error(
+            "The sentence needs a subject noun (e.g. 'the cat') followed by a verb "
+            "(e.g. 'runs'): pick an example sentence."
+        )
     pair, _ = verbs[words[verb]]
     subj_plural = bool(noun_num[words[subject]])
-    attractor = any(w in noun_num and bool(noun_num[w]) != subj_plural
-                    for w in words[subject + 1:verb])
+    attractor = any(
+        w in noun_num and bool(noun_num[w]) != subj_plural for w in words[subject + 1 : verb]
+    )
     # the form the subject asks for is right (whatever the sentence wrote)
-    return AgreementCase(words, verb, subject, pair[subj_plural], pair[not subj_plural],
-                         attractor)
+    return AgreementCase(words, verb, subject, pair[subj_plural], pair[not subj_plural], attractor)
 
 
 @functools.lru_cache(maxsize=4)

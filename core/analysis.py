@@ -50,8 +50,9 @@ def _as_layers(attentions: Layers, arg: str = "attentions") -> tuple[Tensor, boo
     squeeze = attentions[0].dim() == 3
     t = torch.stack([a[None] if a.dim() == 3 else a for a in attentions]).float()
     if t.shape[-1] != t.shape[-2]:
-        raise ValueError(f"{arg} must be square self-attention maps, got L={t.shape[-2]}, "
-                         f"S={t.shape[-1]}")
+        raise ValueError(
+            f"{arg} must be square self-attention maps, got L={t.shape[-2]}, S={t.shape[-1]}"
+        )
     return t, squeeze
 
 
@@ -176,14 +177,16 @@ def attention_flow(
     elif method == "maxflow":
         V = (n + 1) * L
         if V > max_nodes:
-            raise ValueError(f"attention_flow graph has {V} nodes > max_nodes={max_nodes}; use "
-                             "method='bottleneck' or raise max_nodes")
+            raise ValueError(
+                f"attention_flow graph has {V} nodes > max_nodes={max_nodes}; use "
+                "method='bottleneck' or raise max_nodes"
+            )
         out = torch.zeros(B, L, L)
         for b in range(B):
             cap = np.zeros((V, V))
             for l in range(n):  # node (l, p) = l * L + p; layer l + 1 feeds from layer l
                 hi, lo = (l + 1) * L, l * L
-                cap[hi:hi + L, lo:lo + L] = a[l, b].numpy()
+                cap[hi : hi + L, lo : lo + L] = a[l, b].numpy()
             for i in range(L):
                 for j in range(L):
                     out[b, i, j] = _max_flow(cap, n * L + i, j)

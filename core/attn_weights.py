@@ -41,15 +41,22 @@ def attention_call(q: Tensor, k: Tensor, args: dict) -> AttentionCall:
     if am is not None and am.dtype != torch.bool:
         am = am.to(q.dtype)
     scale, D = args["scale"], q.shape[-1]
-    return AttentionCall(attn_mask=am, mask=mask, score_mod=args["score_mod"],
-                         # attention()'s default scale, to the last bit
-                         scale=float(scale) if scale is not None else 1.0 / math.sqrt(D),
-                         dropout_p=float(args["dropout_p"]), groups=q.shape[1] // k.shape[1],
-                         need_weights=True, need_lse=False)
+    return AttentionCall(
+        attn_mask=am,
+        mask=mask,
+        score_mod=args["score_mod"],
+        # attention()'s default scale, to the last bit
+        scale=float(scale) if scale is not None else 1.0 / math.sqrt(D),
+        dropout_p=float(args["dropout_p"]),
+        groups=q.shape[1] // k.shape[1],
+        need_weights=True,
+        need_lse=False,
+    )
 
 
-def _scores(q: Tensor, k: Tensor, call: AttentionCall, heads: list[int] | None = None
-            ) -> tuple[Tensor, Tensor | None]:
+def _scores(
+    q: Tensor, k: Tensor, call: AttentionCall, heads: list[int] | None = None
+) -> tuple[Tensor, Tensor | None]:
     """Scaled scores with biases and masks, -inf where masked: (B, h, L, S), float32 for half
     inputs; and the dense mask applied (bool or additive, broadcastable to them), or None.
 
@@ -85,8 +92,9 @@ def _scores(q: Tensor, k: Tensor, call: AttentionCall, heads: list[int] | None =
     return s, m
 
 
-def explicit_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall
-                       ) -> tuple[Tensor, Tensor]:
+def explicit_attention(
+    q: Tensor, k: Tensor, v: Tensor, call: AttentionCall
+) -> tuple[Tensor, Tensor]:
     """The output (B, H, L, Dv) and the weights (B, H, L, S) before dropout, materialised:
     softmax of the scores, then (dropout of) the weights times v -- the math backend's
     algorithm, with ``_scores``'s savings and, outside autograd, the softmax written over the
@@ -113,8 +121,9 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall
     return out.view(B, H, L, Dv), w
 
 
-def lse_weights(q: Tensor, k: Tensor, lse: Tensor, call: AttentionCall,
-                heads: list[int] | None = None) -> Tensor:
+def lse_weights(
+    q: Tensor, k: Tensor, lse: Tensor, call: AttentionCall, heads: list[int] | None = None
+) -> Tensor:
     """The weights (B, h, L, S) from the per-row log-sum-exp of a fused call: exp(q k^T * scale
     + bias - lse), one matmul and one exp in place, rows renormalised (no softmax, no
     weights @ v)."""

@@ -52,8 +52,9 @@ class _QuickGELU(nn.Module):
 def _activation(act: str | Callable[[], nn.Module]) -> nn.Module:
     if isinstance(act, str):
         if act not in ACTIVATIONS:
-            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)} or a module class, "
-                             f"got {act!r}")
+            raise ValueError(
+                f"act must be one of {sorted(ACTIVATIONS)} or a module class, got {act!r}"
+            )
         return ACTIVATIONS[act]()
     if callable(act):
         return act()
@@ -69,8 +70,15 @@ class Mlp(nn.Module):
         bias: bias in fc1 and fc2.
     """
 
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, *,
-                 act: str | Callable[[], nn.Module] = "gelu", bias: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        dropout: float = 0.0,
+        *,
+        act: str | Callable[[], nn.Module] = "gelu",
+        bias: bool = True,
+    ):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.act = _activation(act)
@@ -166,9 +174,19 @@ class Block(nn.Module):
         self.pre_norm = norm == "pre"
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MultiHeadAttention(
-            dim, num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, qkv_bias=qkv_bias,
-            proj_bias=proj_bias, dropout=dropout, causal=causal, mask=mask, pos=pos,
-            max_len=max_len, backend=backend)
+            dim,
+            num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            qkv_bias=qkv_bias,
+            proj_bias=proj_bias,
+            dropout=dropout,
+            causal=causal,
+            mask=mask,
+            pos=pos,
+            max_len=max_len,
+            backend=backend,
+        )
         self.ls1, self.drop_path1 = _branch_tail(dim, init_values, drop_path)
         if mlp_ratio < 0:
             raise ValueError(f"mlp_ratio must be >= 0, got {mlp_ratio}")
@@ -178,8 +196,14 @@ class Block(nn.Module):
             self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, act=act, bias=mlp_bias)
             self.ls2, self.drop_path2 = _branch_tail(dim, init_values, drop_path)
 
-    def forward(self, x: Tensor, *, mask: Mask | None = None, attn_mask: Tensor | None = None,
-                kv_cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Mask | None = None,
+        attn_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
         def attn(h: Tensor) -> Tensor:
             return self.attn(h, mask=mask, attn_mask=attn_mask, kv_cache=kv_cache)
 
@@ -227,23 +251,38 @@ class DecoderBlock(nn.Module):
         super().__init__()
         _check_norm(norm)
         self.pre_norm = norm == "pre"
-        attn_kw = dict(num_kv_heads=num_kv_heads, head_dim=head_dim, qkv_bias=qkv_bias,
-                       proj_bias=proj_bias, dropout=dropout, backend=backend)
+        attn_kw = dict(
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            qkv_bias=qkv_bias,
+            proj_bias=proj_bias,
+            dropout=dropout,
+            backend=backend,
+        )
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MultiHeadAttention(dim, num_heads, causal=True, pos=pos, max_len=max_len,
-                                       **attn_kw)
+        self.attn = MultiHeadAttention(
+            dim, num_heads, causal=True, pos=pos, max_len=max_len, **attn_kw
+        )
         self.ls1, self.drop_path1 = _branch_tail(dim, init_values, drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.cross_attn = MultiHeadAttention(dim, num_heads, cross=True, kdim=kdim or dim,
-                                             **attn_kw)
+        self.cross_attn = MultiHeadAttention(
+            dim, num_heads, cross=True, kdim=kdim or dim, **attn_kw
+        )
         self.ls2, self.drop_path2 = _branch_tail(dim, init_values, drop_path)
         self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, act=act, bias=mlp_bias)
         self.ls3, self.drop_path3 = _branch_tail(dim, init_values, drop_path)
 
-    def forward(self, x: Tensor, context: Tensor, *, mask: Mask | None = None,
-                attn_mask: Tensor | None = None, context_mask: Mask | None = None,
-                cache: DecoderLayerCache | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        *,
+        mask: Mask | None = None,
+        attn_mask: Tensor | None = None,
+        context_mask: Mask | None = None,
+        cache: DecoderLayerCache | None = None,
+    ) -> Tensor:
         self_kv = cache.self_kv if cache is not None else None
         cross_kv = cache.cross_kv if cache is not None else None
         branches = (
@@ -266,8 +305,15 @@ def _check_cache(cache, depth: int, kind: type) -> None:
         raise ValueError(f"cache must be a list of {depth} {kind.__name__} (use make_cache())")
 
 
-def _stack(block: type, dim: int, depth: int, num_heads: int, final_norm: bool | None,
-           drop_path_rate: float, block_kw: dict) -> tuple[nn.ModuleList, nn.Module]:
+def _stack(
+    block: type,
+    dim: int,
+    depth: int,
+    num_heads: int,
+    final_norm: bool | None,
+    drop_path_rate: float,
+    block_kw: dict,
+) -> tuple[nn.ModuleList, nn.Module]:
     """``depth`` blocks with stochastic depth rising linearly to ``drop_path_rate`` (timm's
     schedule), and the final norm: on by default after pre-norm blocks, off after post-norm."""
     if not isinstance(depth, int) or depth < 1:
@@ -296,24 +342,43 @@ class TransformerEncoder(nn.Module):
         drop_path_rate: stochastic depth rising linearly from 0 (first block) to this rate.
     """
 
-    def __init__(self, dim: int, depth: int, num_heads: int, *, final_norm: bool | None = None,
-                 drop_path_rate: float = 0.0, **block_kw):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        *,
+        final_norm: bool | None = None,
+        drop_path_rate: float = 0.0,
+        **block_kw,
+    ):
         super().__init__()
         self.dim, self.depth, self.num_heads = dim, depth, num_heads
-        self.blocks, self.norm = _stack(Block, dim, depth, num_heads, final_norm,
-                                        drop_path_rate, block_kw)
+        self.blocks, self.norm = _stack(
+            Block, dim, depth, num_heads, final_norm, drop_path_rate, block_kw
+        )
 
     def make_cache(self, max_len: int | None = None) -> list[KVCache]:
         """One ``KVCache`` per block; ``max_len`` pre-allocates that many positions."""
         return [KVCache(max_len) for _ in range(self.depth)]
 
-    def forward(self, x: Tensor, *, mask: Mask | None = None, attn_mask: Tensor | None = None,
-                cache: list[KVCache] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Mask | None = None,
+        attn_mask: Tensor | None = None,
+        cache: list[KVCache] | None = None,
+    ) -> Tensor:
         _check_cache(cache, self.depth, KVCache)
         with rollback_on_error(cache):  # a step that raises leaves every cache as it was
             for i, blk in enumerate(self.blocks):
-                x = blk(x, mask=mask, attn_mask=attn_mask,
-                        kv_cache=cache[i] if cache is not None else None)
+                x = blk(
+                    x,
+                    mask=mask,
+                    attn_mask=attn_mask,
+                    kv_cache=cache[i] if cache is not None else None,
+                )
         return self.norm(x)
 
 
@@ -325,24 +390,46 @@ class TransformerDecoder(nn.Module):
     ``TransformerEncoder``.
     """
 
-    def __init__(self, dim: int, depth: int, num_heads: int, *, final_norm: bool | None = None,
-                 drop_path_rate: float = 0.0, **block_kw):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        *,
+        final_norm: bool | None = None,
+        drop_path_rate: float = 0.0,
+        **block_kw,
+    ):
         super().__init__()
         self.dim, self.depth, self.num_heads = dim, depth, num_heads
-        self.blocks, self.norm = _stack(DecoderBlock, dim, depth, num_heads, final_norm,
-                                        drop_path_rate, block_kw)
+        self.blocks, self.norm = _stack(
+            DecoderBlock, dim, depth, num_heads, final_norm, drop_path_rate, block_kw
+        )
 
     def make_cache(self, max_len: int | None = None) -> list[DecoderLayerCache]:
         """One ``DecoderLayerCache`` per block; ``max_len`` pre-allocates the self-attention
         caches."""
         return [DecoderLayerCache(KVCache(max_len)) for _ in range(self.depth)]
 
-    def forward(self, x: Tensor, context: Tensor, *, mask: Mask | None = None,
-                attn_mask: Tensor | None = None, context_mask: Mask | None = None,
-                cache: list[DecoderLayerCache] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        *,
+        mask: Mask | None = None,
+        attn_mask: Tensor | None = None,
+        context_mask: Mask | None = None,
+        cache: list[DecoderLayerCache] | None = None,
+    ) -> Tensor:
         _check_cache(cache, self.depth, DecoderLayerCache)
         with rollback_on_error(cache):
             for i, blk in enumerate(self.blocks):
-                x = blk(x, context, mask=mask, attn_mask=attn_mask, context_mask=context_mask,
-                        cache=cache[i] if cache is not None else None)
+                x = blk(
+                    x,
+                    context,
+                    mask=mask,
+                    attn_mask=attn_mask,
+                    context_mask=context_mask,
+                    cache=cache[i] if cache is not None else None,
+                )
         return self.norm(x)

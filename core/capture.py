@@ -56,8 +56,14 @@ from .masks import Mask, to_allowed
 from .masks import causal as causal_mask
 from .modules import MultiHeadAttention
 
-__all__ = ["record_attention", "AttentionMaps", "AttentionRecord", "ablate_heads",
-           "attention_modules", "reuse_freed_memory"]
+__all__ = [
+    "record_attention",
+    "AttentionMaps",
+    "AttentionRecord",
+    "ablate_heads",
+    "attention_modules",
+    "reuse_freed_memory",
+]
 
 LayerSpec = int | str
 #: the modules that call ``_observer``: attnlab's own and the ``torch.nn.MultiheadAttention``
@@ -77,8 +83,10 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _select(model: nn.Module, layers: Sequence[LayerSpec] | None, arg: str = "layers"):
     found = attention_modules(model)
     if not found:
-        raise ValueError(f"{type(model).__name__} contains no attnlab attention module "
-                         "(MultiHeadAttention or compat.MultiheadAttention)")
+        raise ValueError(
+            f"{type(model).__name__} contains no attnlab attention module "
+            "(MultiHeadAttention or compat.MultiheadAttention)"
+        )
     if layers is None:
         return found
     if isinstance(layers, (str, int)):
@@ -90,14 +98,16 @@ def _select(model: nn.Module, layers: Sequence[LayerSpec] | None, arg: str = "la
             raise TypeError(f"{arg} items must be names, glob patterns or indices, got {spec!r}")
         if isinstance(spec, int):
             if not -len(found) <= spec < len(found):
-                raise ValueError(f"{arg} index {spec} out of range: {len(found)} attention "
-                                 f"modules ({names})")
+                raise ValueError(
+                    f"{arg} index {spec} out of range: {len(found)} attention modules ({names})"
+                )
             hits = [found[spec]]
         else:
             hits = [(n, m) for n, m in found if n == spec or fnmatch.fnmatchcase(n, spec)]
             if not hits:
-                raise ValueError(f"{arg} entry {spec!r} matches no attention module; "
-                                 f"available: {names}")
+                raise ValueError(
+                    f"{arg} entry {spec!r} matches no attention module; available: {names}"
+                )
         chosen.update(hits)
     return [(n, m) for n, m in found if n in chosen]
 
@@ -211,9 +221,16 @@ class AttentionRecord:
             return self.dense()[:, :, r0:r1]
         z = self.lazy
         q, k, lse = z["q"][:, :, r0:r1], z["k"], z["lse"][:, :, r0:r1]
-        call = AttentionCall(attn_mask=z["attn_mask"], mask=self.full_mask(),
-                             score_mod=z["score_mod"], scale=z["scale"], dropout_p=0.0,
-                             groups=1, need_weights=False, need_lse=False)
+        call = AttentionCall(
+            attn_mask=z["attn_mask"],
+            mask=self.full_mask(),
+            score_mod=z["score_mod"],
+            scale=z["scale"],
+            dropout_p=0.0,
+            groups=1,
+            need_weights=False,
+            need_lse=False,
+        )
         from .backends.math import masked_scores
 
         s = masked_scores(q, k, call, q_offset=r0, L=self.L, S=self.S)  # (B, H, rows, S)
@@ -262,9 +279,15 @@ class AttentionMaps(Mapping):
 
     def meta(self, name: str) -> dict[str, Any]:
         r = self.record(name)
-        return dict(kind=r.kind, L=r.L, S=r.S, num_heads=r.num_heads,
-                    head_indices=r.head_indices,
-                    mask=r.full_mask(), calls=len(self._records[name]))
+        return dict(
+            kind=r.kind,
+            L=r.L,
+            S=r.S,
+            num_heads=r.num_heads,
+            head_indices=r.head_indices,
+            mask=r.full_mask(),
+            calls=len(self._records[name]),
+        )
 
     def stack(self, names: Sequence[str] | None = None) -> Tensor:
         """(layers, B, h, L, S) in recording order (or the order of ``names``)."""
@@ -274,14 +297,17 @@ class AttentionMaps(Mapping):
         maps = [self[n] for n in names]
         shapes = {tuple(m.shape) for m in maps}
         if len(shapes) > 1:
-            raise ValueError(f"recorded maps differ in shape ({sorted(shapes)}): stack self "
-                             "and cross layers separately with names=[...]")
+            raise ValueError(
+                f"recorded maps differ in shape ({sorted(shapes)}): stack self "
+                "and cross layers separately with names=[...]"
+            )
         return torch.stack(maps)
 
     def __repr__(self) -> str:
         items = ", ".join(
             f"{n}: {r[-1].kind} {'lazy' if r[-1].lazy else tuple(self[n].shape)}"
-            for n, r in self._records.items())
+            for n, r in self._records.items()
+        )
         return f"AttentionMaps({items})"
 
 
@@ -305,18 +331,31 @@ class _Recorder:
         o, H, L, S = self.o, q.shape[1], q.shape[2], k.shape[2]
         heads = o["head_indices"]
         if heads is not None and not all(-H <= h < H for h in heads):
-            raise ValueError(f"head_indices {heads} out of range for {self.name} with {H} "
-                             "heads")
+            raise ValueError(f"head_indices {heads} out of range for {self.name} with {H} heads")
         rec = AttentionRecord(
-            name=self.name, kind=kind, L=L, S=S, num_heads=H, head_indices=heads,
-            mask=args["mask"], attn_mask=args["attn_mask"], is_causal=args["is_causal"])
+            name=self.name,
+            kind=kind,
+            L=L,
+            S=S,
+            num_heads=H,
+            head_indices=heads,
+            mask=args["mask"],
+            attn_mask=args["attn_mask"],
+            is_causal=args["is_causal"],
+        )
         if o["lazy"]:
             res = attention(q, k, v, **{**args, "backend": "auto"}, return_lse=True)
             kk, _ = expand_kv(k, v, H // k.shape[1])
-            rec.lazy = dict(q=q.detach(), k=kk.detach(), lse=res.lse.detach(),
-                            attn_mask=args["attn_mask"], score_mod=args["score_mod"],
-                            scale=attention_call(q, k, args).scale, reduce=o["reduce"],
-                            dtype=o["dtype"])
+            rec.lazy = dict(
+                q=q.detach(),
+                k=kk.detach(),
+                lse=res.lse.detach(),
+                attn_mask=args["attn_mask"],
+                score_mod=args["score_mod"],
+                scale=attention_call(q, k, args).scale,
+                reduce=o["reduce"],
+                dtype=o["dtype"],
+            )
             self.maps._add(rec)
             return res.output
         call = attention_call(q, k, args)
@@ -355,16 +394,19 @@ class _Recorder:
         return out
 
 
-def _lse_path(q: Tensor, v: Tensor, call: AttentionCall, head_indices: list[int] | None
-              ) -> bool:
+def _lse_path(q: Tensor, v: Tensor, call: AttentionCall, head_indices: list[int] | None) -> bool:
     """Whether to record from the fused call's LSE rather than materialise: when only some
     heads are kept (their weights alone are computed), without dropout, and when
     ``attention(..., return_lse=True)`` runs a fused kernel (not the tiled backend's
     pure-PyTorch one, which the explicit path beats)."""
     H = q.shape[1]
-    return (head_indices is not None and len({h % H for h in head_indices}) < H
-            and call.dropout_p == 0 and fused_lse_available(q, v)
-            and (call.score_mod is None or call.score_mod.additive))
+    return (
+        head_indices is not None
+        and len({h % H for h in head_indices}) < H
+        and call.dropout_p == 0
+        and fused_lse_available(q, v)
+        and (call.score_mod is None or call.score_mod.additive)
+    )
 
 
 def reuse_freed_memory(threshold_mb: int = 32) -> bool:
@@ -429,15 +471,27 @@ def record_attention(
         raise ValueError(f"topk must be a positive int, got {topk!r}")
     if reduce is not None and reduce not in ("mean", "max") and not callable(reduce):
         raise ValueError(f"reduce must be 'mean', 'max', a callable or None, got {reduce!r}")
-    if retain_grad and (head_indices is not None or reduce is not None or topk is not None
-                        or dtype is not None or lazy):
-        raise ValueError("retain_grad keeps the full weights: drop head_indices/reduce/topk/"
-                         "dtype/lazy")
+    if retain_grad and (
+        head_indices is not None
+        or reduce is not None
+        or topk is not None
+        or dtype is not None
+        or lazy
+    ):
+        raise ValueError(
+            "retain_grad keeps the full weights: drop head_indices/reduce/topk/dtype/lazy"
+        )
     if lazy and topk is not None:
         raise ValueError("lazy and topk exclude each other (lazy keeps no weights)")
     head_indices = None if head_indices is None else [int(h) for h in head_indices]
-    opts = dict(head_indices=head_indices, reduce=reduce, topk=topk, dtype=dtype, lazy=lazy,
-                retain_grad=retain_grad)
+    opts = dict(
+        head_indices=head_indices,
+        reduce=reduce,
+        topk=topk,
+        dtype=dtype,
+        lazy=lazy,
+        retain_grad=retain_grad,
+    )
     maps = AttentionMaps()
     chosen = _select(model, layers)
     saved: list[tuple[nn.Module, Any]] = []
@@ -480,8 +534,9 @@ def ablate_heads(
     saved = []
     try:
         for mod, hs in plan:
-            saved.append((mod, _set_slot(mod, "ablation", _Ablation(hs, mode,
-                                                                     _prev(mod, "ablation")))))
+            saved.append(
+                (mod, _set_slot(mod, "ablation", _Ablation(hs, mode, _prev(mod, "ablation"))))
+            )
         yield
     finally:
         for mod, prev in reversed(saved):

@@ -53,8 +53,9 @@ class MultiheadAttention(nn.Module):
         if embed_dim <= 0 or num_heads <= 0:
             raise ValueError(f"embed_dim and num_heads must be > 0, got {embed_dim}, {num_heads}")
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads "
-                             f"({num_heads})")
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
+            )
         fk = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
         self.kdim = kdim if kdim is not None else embed_dim
@@ -140,8 +141,10 @@ class MultiheadAttention(nn.Module):
         kind = "self" if query is key else "cross"
         batched = query.dim() == 3
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
-            raise ValueError(f"query, key, value must all be 2-D (unbatched) or 3-D, got shapes "
-                             f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+            raise ValueError(
+                f"query, key, value must all be 2-D (unbatched) or 3-D, got shapes "
+                f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+            )
         if not batched:  # (L, E) -> (1, L, E)
             query, key, value = query[None], key[None], value[None]
             if key_padding_mask is not None:
@@ -153,11 +156,15 @@ class MultiheadAttention(nn.Module):
         if E != self.embed_dim:
             raise ValueError(f"query has {E} features, expected embed_dim={self.embed_dim}")
         if key.shape[:2] != value.shape[:2] or key.shape[0] != N:
-            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must share "
-                             f"batch ({N}) and length")
+            raise ValueError(
+                f"key {tuple(key.shape)} and value {tuple(value.shape)} must share "
+                f"batch ({N}) and length"
+            )
         if key.shape[-1] != self.kdim or value.shape[-1] != self.vdim:
-            raise ValueError(f"key/value features {key.shape[-1]}/{value.shape[-1]} differ "
-                             f"from kdim/vdim {self.kdim}/{self.vdim}")
+            raise ValueError(
+                f"key/value features {key.shape[-1]}/{value.shape[-1]} differ "
+                f"from kdim/vdim {self.kdim}/{self.vdim}"
+            )
         H, D = self.num_heads, self.head_dim
         q, k, v = self._in_proj(query, key, value)  # (N, L, E), (N, S, E), (N, S, E)
         mask = self._merge_masks(key_padding_mask, attn_mask, N, L, S, q.dtype)
@@ -173,9 +180,16 @@ class MultiheadAttention(nn.Module):
             extra += 1
         if extra and mask is not None:  # the appended keys are always allowed
             mask = F.pad(mask, (0, extra), value=True if mask.dtype == torch.bool else 0.0)
-        args = dict(attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                    is_causal=is_causal and attn_mask is None, scale=None, enable_gqa=False,
-                    mask=None, score_mod=None, backend="auto")
+        args = dict(
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and attn_mask is None,
+            scale=None,
+            enable_gqa=False,
+            mask=None,
+            score_mod=None,
+            backend="auto",
+        )
         if self._observer is None:
             res = attention(q, k, v, **args, return_weights=need_weights)
             o, w = (res.output, res.weights) if need_weights else (res, None)
@@ -199,19 +213,23 @@ class MultiheadAttention(nn.Module):
         parts = []
         if kpm is not None:
             if kpm.shape != (N, S):
-                raise ValueError(f"key_padding_mask must have shape ({N}, {S}), got "
-                                 f"{tuple(kpm.shape)}")
+                raise ValueError(
+                    f"key_padding_mask must have shape ({N}, {S}), got {tuple(kpm.shape)}"
+                )
             parts.append(kpm.view(N, 1, 1, S))
         if am is not None:
             if am.dim() == 2:
                 if am.shape != (L, S):
-                    raise ValueError(f"2-D attn_mask must have shape ({L}, {S}), got "
-                                     f"{tuple(am.shape)}")
+                    raise ValueError(
+                        f"2-D attn_mask must have shape ({L}, {S}), got {tuple(am.shape)}"
+                    )
                 am = am.view(1, 1, L, S)
             elif am.dim() == 3:
                 if am.shape != (N * self.num_heads, L, S):
-                    raise ValueError(f"3-D attn_mask must have shape ({N * self.num_heads}, {L}, "
-                                     f"{S}), got {tuple(am.shape)}")
+                    raise ValueError(
+                        f"3-D attn_mask must have shape ({N * self.num_heads}, {L}, "
+                        f"{S}), got {tuple(am.shape)}"
+                    )
                 am = am.view(N, self.num_heads, L, S)
             else:
                 raise ValueError(f"attn_mask must be 2-D or 3-D, got {am.dim()}-D")

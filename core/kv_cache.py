@@ -71,13 +71,17 @@ class KVCache:
             return
         ck, cv = self._k, self._v
         if k.shape[:2] != ck.shape[:2] or k.shape[3] != ck.shape[3] or v.shape[3] != cv.shape[3]:
-            raise ValueError(f"kv_cache holds keys (B, Hk, S, D) = {tuple(self.k.shape)} and "
-                             f"values {tuple(self.v.shape)}; cannot append keys "
-                             f"{tuple(k.shape)} and values {tuple(v.shape)} (B, Hk and the "
-                             "head dims must match; reset() the cache for a new batch)")
+            raise ValueError(
+                f"kv_cache holds keys (B, Hk, S, D) = {tuple(self.k.shape)} and "
+                f"values {tuple(self.v.shape)}; cannot append keys "
+                f"{tuple(k.shape)} and values {tuple(v.shape)} (B, Hk and the "
+                "head dims must match; reset() the cache for a new batch)"
+            )
         if (k.dtype, k.device, v.dtype, v.device) != (ck.dtype, ck.device, cv.dtype, cv.device):
-            raise ValueError(f"kv_cache holds {ck.dtype} keys on {ck.device}; cannot append "
-                             f"{k.dtype} keys on {k.device} (or values of another dtype/device)")
+            raise ValueError(
+                f"kv_cache holds {ck.dtype} keys on {ck.device}; cannot append "
+                f"{k.dtype} keys on {k.device} (or values of another dtype/device)"
+            )
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add the new keys/values (B, Hk, L, D) and return all of them (B, Hk, S + L, D).
@@ -90,8 +94,10 @@ class KVCache:
         self._check(k, v)
         n, L = self._len, k.shape[2]
         track = torch.is_grad_enabled() and (
-            k.requires_grad or v.requires_grad
-            or (self._k is not None and (self._k.requires_grad or self._v.requires_grad)))
+            k.requires_grad
+            or v.requires_grad
+            or (self._k is not None and (self._k.requires_grad or self._v.requires_grad))
+        )
         if track:  # in-place writes would invalidate tensors saved for backward
             nk = k if self._k is None else torch.cat([self.k, k], dim=2)
             nv = v if self._v is None else torch.cat([self.v, v], dim=2)
@@ -145,13 +151,21 @@ class KVCache:
 
 
 def _check_pair(k, v, method: str) -> None:
-    if not isinstance(k, Tensor) or not isinstance(v, Tensor) or k.dim() != 4 or \
-            v.dim() != 4 or k.shape[:3] != v.shape[:3]:
+    if (
+        not isinstance(k, Tensor)
+        or not isinstance(v, Tensor)
+        or k.dim() != 4
+        or v.dim() != 4
+        or k.shape[:3] != v.shape[:3]
+    ):
+
         def shape(t):
             return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
-        raise ValueError(f"kv_cache.{method} takes keys (B, Hk, L, D) and values (B, Hk, L, Dv) "
-                         f"with the same B, Hk, L; got {shape(k)} and {shape(v)}")
+        raise ValueError(
+            f"kv_cache.{method} takes keys (B, Hk, L, D) and values (B, Hk, L, Dv) "
+            f"with the same B, Hk, L; got {shape(k)} and {shape(v)}"
+        )
 
 
 @dataclass
@@ -174,8 +188,11 @@ def rollback_on_error(caches: Sequence[KVCache | DecoderLayerCache] | None) -> I
     if caches is None:
         yield
         return
-    kvs = [kv for c in caches
-           for kv in ((c.self_kv, c.cross_kv) if isinstance(c, DecoderLayerCache) else (c,))]
+    kvs = [
+        kv
+        for c in caches
+        for kv in ((c.self_kv, c.cross_kv) if isinstance(c, DecoderLayerCache) else (c,))
+    ]
     lengths = [kv.length for kv in kvs]
     try:
         yield

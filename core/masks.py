@@ -83,8 +83,9 @@ class Mask:
         S = int(kv_idx.max()) + 1
         return self._eval(b, h, q_idx, kv_idx, L, S)
 
-    def evaluate(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, L: int,
-                 S: int) -> Tensor:
+    def evaluate(
+        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, L: int, S: int
+    ) -> Tensor:
         """The predicate on broadcasting index tensors, for full lengths L and S.
 
         Args:
@@ -154,9 +155,7 @@ class Mask:
         m = self._eval(b, h, q, kv, L, S)
         return m.expand(b.shape[0], h.shape[1], q1 - q0, k1 - k0)
 
-    def block_kinds(
-        self, L: int, S: int, block_q: int, block_k: int, *, device=None
-    ) -> Tensor:
+    def block_kinds(self, L: int, S: int, block_q: int, block_k: int, *, device=None) -> Tensor:
         """int8 (B', H', ceil(L/block_q), ceil(S/block_k)): EMPTY, PARTIAL or FULL per block."""
         _check_len("L", L)
         _check_len("S", S)
@@ -213,8 +212,9 @@ class Mask:
             )
         nh = self.num_heads if self.num_heads is not None else 1
         if heads is not None and self.num_heads is not None and heads != self.num_heads:
-            raise ValueError(f"mask {self.describe()} was built for {self.num_heads} heads, "
-                             f"got {heads}")
+            raise ValueError(
+                f"mask {self.describe()} was built for {self.num_heads} heads, got {heads}"
+            )
         b = torch.arange(nb, device=device).view(-1, 1, 1, 1)
         h = torch.arange(nh, device=device).view(1, -1, 1, 1)
         return b, h
@@ -247,8 +247,9 @@ def _blocks_by_evaluation(mask: Mask, qs, qe, ks, ke, L: int, S: int, chunk: int
     for i0 in range(0, nq, rows_per):
         i1 = min(nq, i0 + rows_per)
         r0, r1 = int(qs[i0, 0]), int(qe[i1 - 1, 0])
-        d = mask.dense(L, S, batch=mask.batch_size, heads=mask.num_heads, device=qs.device,
-                       q_range=(r0, r1))
+        d = mask.dense(
+            L, S, batch=mask.batch_size, heads=mask.num_heads, device=qs.device, q_range=(r0, r1)
+        )
         B, H = d.shape[:2]
         # pad to whole blocks so that the reshape below is exact; padding counts as neither
         pad_q = (i1 - i0) * bq - (r1 - r0)
@@ -485,8 +486,9 @@ class _And(Mask):
         return min(ws) if ws else None
 
     def _blocks(self, qs, qe, ks, ke, L, S):
-        return torch.minimum(self.a._blocks(qs, qe, ks, ke, L, S),
-                             self.b._blocks(qs, qe, ks, ke, L, S))
+        return torch.minimum(
+            self.a._blocks(qs, qe, ks, ke, L, S), self.b._blocks(qs, qe, ks, ke, L, S)
+        )
 
     def describe(self) -> str:
         return f"({self.a.describe()} & {self.b.describe()})"
@@ -510,8 +512,9 @@ class _Or(_And):
 
     def _blocks(self, qs, qe, ks, ke, L, S):
         # the union of two partial blocks may be full: PARTIAL is the safe answer
-        return torch.maximum(self.a._blocks(qs, qe, ks, ke, L, S),
-                             self.b._blocks(qs, qe, ks, ke, L, S))
+        return torch.maximum(
+            self.a._blocks(qs, qe, ks, ke, L, S), self.b._blocks(qs, qe, ks, ke, L, S)
+        )
 
     def describe(self) -> str:
         return f"({self.a.describe()} | {self.b.describe()})"

@@ -201,11 +201,21 @@ class MusicRelativeAttention(PositionScheme):
     For causal schemes the future entries of S_rel are set to 0 (the causal mask removes them).
     """
 
-    def __init__(self, num_heads: int, head_dim: int, max_len: int = 1024, causal: bool = True,
-                 init_std: float = 0.02):
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        max_len: int = 1024,
+        causal: bool = True,
+        init_std: float = 0.02,
+    ):
         super().__init__()
         self.num_heads, self.head_dim, self.max_len, self.causal = (
-            num_heads, head_dim, max_len, causal)
+            num_heads,
+            head_dim,
+            max_len,
+            causal,
+        )
         W = max_len if causal else 2 * max_len - 1
         self.rel = nn.Parameter(torch.randn(num_heads, W, head_dim) * init_std)
 
@@ -219,8 +229,9 @@ class MusicRelativeAttention(PositionScheme):
     def attn_bias(self, q: Tensor, S: int, offset: int, scale: float) -> Tensor:
         B, H, L, D = q.shape
         if offset != S - L:
-            raise ValueError(f"relative attention expects S = offset + L, got S={S}, "
-                             f"offset={offset}, L={L}")
+            raise ValueError(
+                f"relative attention expects S = offset + L, got S={S}, offset={offset}, L={L}"
+            )
         er = self.rel[:, self.distance_index(S, q.device)].to(q.dtype)  # (H, W, D)
         s_rel = skew(torch.matmul(q, er.transpose(-1, -2)), S)  # (B, H, L, W) -> (B, H, L, S)
         if self.causal and L > 1:
@@ -232,8 +243,14 @@ class MusicRelativeAttention(PositionScheme):
 POSITION_KINDS = ("rope", "alibi", "relative", "music")
 
 
-def build_position(kind: str | PositionScheme | None, *, num_heads: int, head_dim: int,
-                   max_len: int = 2048, causal: bool = True) -> PositionScheme | None:
+def build_position(
+    kind: str | PositionScheme | None,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_len: int = 2048,
+    causal: bool = True,
+) -> PositionScheme | None:
     """A scheme from its name ('rope', 'alibi', 'relative', 'music'); instances pass through."""
     if kind is None or isinstance(kind, PositionScheme):
         return kind
@@ -245,6 +262,4 @@ def build_position(kind: str | PositionScheme | None, *, num_heads: int, head_di
         return RelativePositionBias(num_heads, max_distance=min(max_len, 128))
     if kind == "music":
         return MusicRelativeAttention(num_heads, head_dim, max_len=max_len, causal=causal)
-    raise ValueError(f"pos must be None, a PositionScheme or one of {POSITION_KINDS}, "
-                     f"got {kind!r}")
-
+    raise ValueError(f"pos must be None, a PositionScheme or one of {POSITION_KINDS}, got {kind!r}")

@@ -31,8 +31,17 @@ class ScoreMod:
     def __call__(self, score: Tensor, b, h, q, kv, L: int, S: int) -> Tensor:
         return score + self.bias(b, h, q, kv, L, S).to(score.dtype)
 
-    def dense_bias(self, L: int, S: int, *, heads: int, device=None, dtype=torch.float32,
-                   q_range=None, kv_range=None) -> Tensor:
+    def dense_bias(
+        self,
+        L: int,
+        S: int,
+        *,
+        heads: int,
+        device=None,
+        dtype=torch.float32,
+        q_range=None,
+        kv_range=None,
+    ) -> Tensor:
         """The additive bias as a (1, H, L, S) tensor (only for ``additive`` modifiers)."""
         if not self.additive:
             raise TypeError(f"{self.describe()} is not additive: it has no dense bias")
@@ -51,6 +60,7 @@ class ScoreMod:
 
 def alibi_slopes(num_heads: int) -> Tensor:
     """The geometric slopes of ALiBi (Press et al. 2022), for any number of heads."""
+
     def pow2(n):
         start = 2 ** (-(2 ** -(math.log2(n) - 3)))
         return [start * start**i for i in range(n)]

@@ -53,7 +53,8 @@ class PatternModel(nn.Module):
         self.patterns = patterns
         self.embed = nn.Embedding(VOCAB, dim)
         self.attn = nn.ModuleList(
-            MultiHeadAttention(dim, len(p), head_dim=4, causal=causal) for p in patterns)
+            MultiHeadAttention(dim, len(p), head_dim=4, causal=causal) for p in patterns
+        )
         with torch.no_grad():
             for m in self.attn:
                 m.qkv.weight.zero_()
@@ -78,7 +79,7 @@ def batch(seed: int = 0, lengths=(12, 9, 7)) -> tuple[torch.Tensor, torch.Tensor
     for b, n in enumerate(lengths):
         words = torch.randint(3, VOCAB, (n - 2,), generator=g)
         words[-1] = words[0]  # a repeated word in every row
-        ids[b, 0], ids[b, 1:n - 1], ids[b, n - 1] = CLS, words, SEP
+        ids[b, 0], ids[b, 1 : n - 1], ids[b, n - 1] = CLS, words, SEP
     return ids, torch.tensor(lengths)
 
 
@@ -87,5 +88,7 @@ def run(model):
 
 
 PATTERNS = [["prev", "first", "uniform", "induction"], ["same", "sep", "next", "prev"]]
-EXPECT = [["previous-token", "sink", "broad", "induction"],
-          ["same-token", "sink", "next-token", "previous-token"]]
+EXPECT = [
+    ["previous-token", "sink", "broad", "induction"],
+    ["same-token", "sink", "next-token", "previous-token"],
+]

@@ -32,8 +32,14 @@ def test_quick_run_writes_rows_and_targets(tmp_path):
         if "skipped" in r:
             continue
         assert r["L"] in (32, 128)
-        for k in ("ours_ms", "ours_record_ms", "hf_sdpa_ms", "hf_eager_attn_ms",
-                  "ours_vs_hf_sdpa", "ours_record_vs_hf_eager_attn"):
+        for k in (
+            "ours_ms",
+            "ours_record_ms",
+            "hf_sdpa_ms",
+            "hf_eager_attn_ms",
+            "ours_vs_hf_sdpa",
+            "ours_record_vs_hf_eager_attn",
+        ):
             assert r[k] > 0
         assert r["out_max_diff_vs_hf"] < 1e-4
     assert set(res["targets"]) == {"demo_ms", "recording_ratio"}

@@ -9,8 +9,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = set(sys.stdlib_module_names)
 # folder -> (package it is imported as)
-PACKAGES = {"core": "attnlab.core", "domains": "attnlab.domains", "apps": "attnlab.apps",
-            "attnlab": "attnlab"}
+PACKAGES = {
+    "core": "attnlab.core",
+    "domains": "attnlab.domains",
+    "apps": "attnlab.apps",
+    "attnlab": "attnlab",
+}
 
 
 def _imports(path: Path, package: str):
@@ -41,8 +45,11 @@ def _files():
 def _allowed(folder: str, mod: str, name: str) -> bool:
     top = name.split(".")[0]
     if folder == "core":
-        return top in STDLIB or top in {"torch", "numpy", "safetensors", "tqdm"} or \
-            name.startswith("attnlab.core")
+        return (
+            top in STDLIB
+            or top in {"torch", "numpy", "safetensors", "tqdm"}
+            or name.startswith("attnlab.core")
+        )
     if name.startswith(("attnlab.cli", "attnlab.bench")) and folder != "attnlab":
         return False
     if folder == "domains":
@@ -70,10 +77,16 @@ def test_import_rules():
     assert not bad, "import rules broken:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("folder,name,ok", [
-    ("core", "gradio", False), ("core", "attnlab.apps.views", False), ("core", "torch.nn", True),
-    ("domains", "attnlab.apps", False), ("apps", "attnlab.cli", False),
-    ("core", "matplotlib.pyplot", False),
-])
+@pytest.mark.parametrize(
+    "folder,name,ok",
+    [
+        ("core", "gradio", False),
+        ("core", "attnlab.apps.views", False),
+        ("core", "torch.nn", True),
+        ("domains", "attnlab.apps", False),
+        ("apps", "attnlab.cli", False),
+        ("core", "matplotlib.pyplot", False),
+    ],
+)
 def test_rules_reject_what_they_should(folder, name, ok):
     assert _allowed(folder, f"attnlab.{folder}.x", name) is ok

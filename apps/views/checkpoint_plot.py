@@ -22,9 +22,15 @@ __all__ = ["plot_checkpoint"]
 
 
 def _series(records: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
-    pts = [(r[x], r[y]) for r in records if isinstance(r, dict)
-           and isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))
-           and math.isfinite(r[x]) and math.isfinite(r[y])]
+    pts = [
+        (r[x], r[y])
+        for r in records
+        if isinstance(r, dict)
+        and isinstance(r.get(x), (int, float))
+        and isinstance(r.get(y), (int, float))
+        and math.isfinite(r[x])
+        and math.isfinite(r[y])
+    ]
     return [float(a) for a, _ in pts], [float(b) for _, b in pts]
 
 

@@ -160,8 +160,7 @@ def head_gallery(
         d.text((x, top - 11), f"H{hi}", fill=(30, 30, 30), font=f, anchor="mm")
     for li in range(n_layers):
         y = top + li * (cell_h + gap)
-        d.text((left - 6, y + frame + thumb / 2), names[li], fill=(30, 30, 30), font=f,
-               anchor="rm")
+        d.text((left - 6, y + frame + thumb / 2), names[li], fill=(30, 30, 30), font=f, anchor="rm")
         for hi in range(n_heads):
             x = left + hi * (cell_w + gap)
             name, score = str(labels[li][hi]), float(s[li, hi])
@@ -172,15 +171,34 @@ def head_gallery(
             text = f"{_short(name)} {score:.2f}" if math.isfinite(score) else _short(name)
             if fs.getlength(text) > cell_w - 4:
                 text = _short(name)
-            d.text(((strip[0] + strip[2]) / 2, (strip[1] + strip[3]) / 2 + 1), text,
-                   fill=_ink(colour), font=fs, anchor="mm")
-            cells.append({"layer": li, "head": hi, "label": name, "score": score,
-                          "box": (x, y, x + cell_w - 1, y + cell_h - 1), "strip": strip,
-                          "color": behaviour_color(name)})
+            d.text(
+                ((strip[0] + strip[2]) / 2, (strip[1] + strip[3]) / 2 + 1),
+                text,
+                fill=_ink(colour),
+                font=fs,
+                anchor="mm",
+            )
+            cells.append(
+                {
+                    "layer": li,
+                    "head": hi,
+                    "label": name,
+                    "score": score,
+                    "box": (x, y, x + cell_w - 1, y + cell_h - 1),
+                    "strip": strip,
+                    "color": behaviour_color(name),
+                }
+            )
     return View(
         image=canvas,
-        data={"thumbnails": small, "scores": s, "labels": [list(r) for r in labels],
-              "cells": cells, "layer_names": names, "legend": legend_texts},
+        data={
+            "thumbnails": small,
+            "scores": s,
+            "labels": [list(r) for r in labels],
+            "cells": cells,
+            "layer_names": names,
+            "legend": legend_texts,
+        },
         svg_fn=lambda: raster_svg(canvas, None),
         kind="head_gallery",
     )
@@ -210,8 +228,10 @@ def head_gallery_html(
     s = _check(labels, scores, (n_layers, n_heads))
     names = list(layer_names) if layer_names is not None else [f"L{i}" for i in range(n_layers)]
     cell = "padding:2px 4px;text-align:center;font:12px sans-serif;border:1px solid #fff"
-    out = ['<div class="attnlab-head-gallery"><table style="border-collapse:collapse">',
-           "<tr><th></th>" + "".join(f"<th>H{h}</th>" for h in range(n_heads)) + "</tr>"]
+    out = [
+        '<div class="attnlab-head-gallery"><table style="border-collapse:collapse">',
+        "<tr><th></th>" + "".join(f"<th>H{h}</th>" for h in range(n_heads)) + "</tr>",
+    ]
     for li in range(n_layers):
         row = [f"<tr><th>{escape(str(names[li]))}</th>"]
         for hi in range(n_heads):
@@ -222,16 +242,21 @@ def head_gallery_html(
             if details is not None:
                 tip += "\n" + "\n".join(
                     f"{k}: {'n/a' if v is None or not math.isfinite(v) else f'{v:.2f}'}"
-                    for k, v in details[li][hi].items())
+                    for k, v in details[li][hi].items()
+                )
             val = f"{score:.2f}" if math.isfinite(score) else "n/a"
-            row.append(f'<td style="{cell};background:{colour};color:{ink}" '
-                       f'title="{escape(tip)}">{escape(_short(name))}<br>{val}</td>')
+            row.append(
+                f'<td style="{cell};background:{colour};color:{ink}" '
+                f'title="{escape(tip)}">{escape(_short(name))}<br>{val}</td>'
+            )
         out.append("".join(row) + "</tr>")
     out.append("</table><div>")
     for name, (colour, short, meaning) in BEHAVIOUR_COLORS.items():
-        out.append(f'<span style="margin-right:10px"><span style="display:inline-block;'
-                   f'width:10px;height:10px;background:{colour}"></span> '
-                   f"{escape(name if short == name else f'{short} = {name}')}: "
-                   f"{escape(meaning)}</span>")
+        out.append(
+            f'<span style="margin-right:10px"><span style="display:inline-block;'
+            f'width:10px;height:10px;background:{colour}"></span> '
+            f"{escape(name if short == name else f'{short} = {name}')}: "
+            f"{escape(meaning)}</span>"
+        )
     out.append("</div></div>")
     return "".join(out)

@@ -50,8 +50,14 @@ __all__ = ["forward", "linear_attention", "feature_map", "parse_mask"]
 _EPS = 1e-6
 
 
-def feature_map(x: Tensor, kind: str = "elu", *, scale: float | None = None,
-                proj: Tensor | None = None, is_query: bool = True) -> Tensor:
+def feature_map(
+    x: Tensor,
+    kind: str = "elu",
+    *,
+    scale: float | None = None,
+    proj: Tensor | None = None,
+    is_query: bool = True,
+) -> Tensor:
     """phi(x) for (B, H, L, D) inputs.
 
     Args:
@@ -73,8 +79,9 @@ def feature_map(x: Tensor, kind: str = "elu", *, scale: float | None = None,
     raise ValueError(f"feature map must be 'elu' or 'performer', got {kind!r}")
 
 
-def orthogonal_features(num_features: int, dim: int, seed: int = 0,
-                        dtype=torch.float32, device=None) -> Tensor:
+def orthogonal_features(
+    num_features: int, dim: int, seed: int = 0, dtype=torch.float32, device=None
+) -> Tensor:
     """(m, D) blocks of random orthogonal rows scaled to Gaussian norms (FAVOR+)."""
     g = torch.Generator().manual_seed(seed)
     blocks = []
@@ -99,16 +106,27 @@ def parse_mask(mask: Mask | None) -> tuple[str | None, Tensor | None]:
             n = m.key_lengths
             lengths = n if lengths is None else torch.minimum(lengths, n)
         elif not m.is_full:
-            raise ValueError(f"backend 'linear' supports full, causal and key-padding masks "
-                             f"only, got mask {mask.describe()}")
+            raise ValueError(
+                f"backend 'linear' supports full, causal and key-padding masks "
+                f"only, got mask {mask.describe()}"
+            )
     return align, lengths
 
 
-def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: str | bool | None = None,
-                     key_lengths: Tensor | None = None, feature: str = "elu",
-                     num_features: int = 256, seed: int = 0, scale: float | None = None,
-                     chunk: int = 128, return_weights: bool = False
-                     ) -> tuple[Tensor, Tensor | None]:
+def linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: str | bool | None = None,
+    key_lengths: Tensor | None = None,
+    feature: str = "elu",
+    num_features: int = 256,
+    seed: int = 0,
+    scale: float | None = None,
+    chunk: int = 128,
+    return_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """Linear attention of q (B, H, L, D), k (B, H, S, D), v (B, H, S, Dv).
 
     Args:
@@ -126,8 +144,11 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: str | bool | No
     B, H, L, D = q.shape
     S = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    proj = orthogonal_features(num_features, D, seed, q.dtype, q.device) \
-        if feature == "performer" else None
+    proj = (
+        orthogonal_features(num_features, D, seed, q.dtype, q.device)
+        if feature == "performer"
+        else None
+    )
     fq = feature_map(q, feature, scale=scale, proj=proj, is_query=True)  # (B, H, L, D')
     fk = feature_map(k, feature, scale=scale, proj=proj, is_query=False)  # (B, H, S, D')
     if key_lengths is not None:  # padded keys contribute nothing
@@ -176,17 +197,21 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: str | bool | No
 
 def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
     if call.attn_mask is not None:
-        raise ValueError("backend 'linear' takes no attn_mask tensor: use mask=key_padding(...) "
-                         "or mask=causal()")
+        raise ValueError(
+            "backend 'linear' takes no attn_mask tensor: use mask=key_padding(...) or mask=causal()"
+        )
     if call.score_mod is not None:
         raise ValueError("backend 'linear' has no scores to modify: score_mod is not supported")
     if call.dropout_p > 0:
         raise ValueError("backend 'linear' does not support dropout_p > 0")
     if call.need_lse:
-        raise ValueError("backend 'linear' has no softmax, hence no log-sum-exp: return_lse "
-                         "needs an exact backend")
+        raise ValueError(
+            "backend 'linear' has no softmax, hence no log-sum-exp: return_lse "
+            "needs an exact backend"
+        )
     align, lengths = parse_mask(call.mask)
     k, v = expand_kv(k, v, call.groups)
-    out, w = linear_attention(q, k, v, causal=align, key_lengths=lengths,
-                              return_weights=call.need_weights)
+    out, w = linear_attention(
+        q, k, v, causal=align, key_lengths=lengths, return_weights=call.need_weights
+    )
     return out, w, None

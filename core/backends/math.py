@@ -14,8 +14,15 @@ from ..call import AttentionCall, expand_kv
 from ..masks import combine, merge_attn_masks
 
 
-def masked_scores(q: Tensor, k: Tensor, call: AttentionCall, q_offset: int = 0,
-                  k_offset: int = 0, L: int | None = None, S: int | None = None) -> Tensor:
+def masked_scores(
+    q: Tensor,
+    k: Tensor,
+    call: AttentionCall,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    L: int | None = None,
+    S: int | None = None,
+) -> Tensor:
     """Scaled scores with score modifiers and masks applied, -inf where masked: (B, H, Lq, Sk).
 
     ``q``/``k`` may be a slice of the full sequences starting at ``q_offset``/``k_offset``; L and
@@ -37,14 +44,22 @@ def masked_scores(q: Tensor, k: Tensor, call: AttentionCall, q_offset: int = 0,
         s = call.score_mod(s, b, h, qi, ki, L, S)
     m = call.attn_mask
     if m is not None:
-        m = m[..., q_offset:q_offset + Lq, k_offset:k_offset + Sk] if m.shape[-2] != 1 else \
-            m[..., k_offset:k_offset + Sk]
+        m = (
+            m[..., q_offset : q_offset + Lq, k_offset : k_offset + Sk]
+            if m.shape[-2] != 1
+            else m[..., k_offset : k_offset + Sk]
+        )
         s = combine(s, m, dtype=s.dtype)  # scores are a float part: -inf where m masks
     if call.mask is not None:
-        allowed = call.mask.dense(L, S, batch=B if call.mask.batch_size else None,
-                                  heads=H if call.mask.num_heads else None, device=dev,
-                                  q_range=(q_offset, q_offset + Lq),
-                                  kv_range=(k_offset, k_offset + Sk))
+        allowed = call.mask.dense(
+            L,
+            S,
+            batch=B if call.mask.batch_size else None,
+            heads=H if call.mask.num_heads else None,
+            device=dev,
+            q_range=(q_offset, q_offset + Lq),
+            kv_range=(k_offset, k_offset + Sk),
+        )
         s = merge_attn_masks(s, allowed)
     return s
 

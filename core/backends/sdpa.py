@@ -16,8 +16,10 @@ from ..call import AttentionCall
 
 def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
     if call.need_weights or call.need_lse:
-        raise ValueError("backend 'sdpa' returns neither weights nor the log-sum-exp: use "
-                         "backend='auto', 'math' or 'tiled'")
+        raise ValueError(
+            "backend 'sdpa' returns neither weights nor the log-sum-exp: use "
+            "backend='auto', 'math' or 'tiled'"
+        )
     B, H, L, _ = q.shape
     S = k.shape[2]
     if call.is_plain_causal:
@@ -25,7 +27,13 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
     else:
         mask, is_causal = call.dense_mask(B, H, L, S, q.device, q.dtype), False
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=call.dropout_p, is_causal=is_causal,
-        scale=call.scale, enable_gqa=call.groups > 1,
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        dropout_p=call.dropout_p,
+        is_causal=is_causal,
+        scale=call.scale,
+        enable_gqa=call.groups > 1,
     )
     return out, None, None

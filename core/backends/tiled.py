@@ -124,8 +124,18 @@ def _keys_bias(q, call, L, S, rows: tuple[int, int], keys: list[tuple[int, int]]
     return torch.cat([p.expand(*shape, p.shape[-1]) for p in parts], dim=-1)
 
 
-def _slice_call(q, k, v, call, L, S, rows: tuple[int, int], full: list[tuple[int, int]],
-                partial: list[tuple[int, int]], split: bool):
+def _slice_call(
+    q,
+    k,
+    v,
+    call,
+    L,
+    S,
+    rows: tuple[int, int],
+    full: list[tuple[int, int]],
+    partial: list[tuple[int, int]],
+    split: bool,
+):
     """Rows [r0, r1) against key ranges: ``full`` ones need no mask, ``partial`` ones do.
 
     With ``split`` the two sets run as two fused calls merged by their LSEs (no mask over the
@@ -135,22 +145,32 @@ def _slice_call(q, k, v, call, L, S, rows: tuple[int, int], full: list[tuple[int
     if not split:
         keys = sorted(full + partial)
         bias = _keys_bias(q, call, L, S, rows, keys) if partial else None
-        return fused_attention(qi, _gather_keys(k, keys, call.groups),
-                               _gather_keys(v, keys, call.groups), bias, call.scale,
-                               call.dropout_p, call.need_lse)
+        return fused_attention(
+            qi,
+            _gather_keys(k, keys, call.groups),
+            _gather_keys(v, keys, call.groups),
+            bias,
+            call.scale,
+            call.dropout_p,
+            call.need_lse,
+        )
     parts = []
     if full:
-        parts.append((_gather_keys(k, full, call.groups), _gather_keys(v, full, call.groups),
-                      None))
+        parts.append((_gather_keys(k, full, call.groups), _gather_keys(v, full, call.groups), None))
     if partial:
-        parts.append((_gather_keys(k, partial, call.groups),
-                      _gather_keys(v, partial, call.groups),
-                      _keys_bias(q, call, L, S, rows, partial)))
+        parts.append(
+            (
+                _gather_keys(k, partial, call.groups),
+                _gather_keys(v, partial, call.groups),
+                _keys_bias(q, call, L, S, rows, partial),
+            )
+        )
     return flash_parts(qi, parts, call.scale)
 
 
-def _gather_call(q, k, v, call, L, S, rows: Tensor, lists: Tensor, masked: bool, block: int,
-                 split: bool):
+def _gather_call(
+    q, k, v, call, L, S, rows: Tensor, lists: Tensor, masked: bool, block: int, split: bool
+):
     """Query blocks ``rows`` (R,), each against its own key blocks ``lists`` (R, n): keys are
     gathered with one indexing copy into (B * R, H, n * block, D); blocks fold into the batch."""
     B, H, _, D = q.shape
@@ -188,10 +208,13 @@ def _gather_call(q, k, v, call, L, S, rows: Tensor, lists: Tensor, masked: bool,
         nb = mask.batch_size or 1
         b = torch.arange(nb, device=dev).view(-1, 1, 1, 1)
         h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
-        qpos = (rows_d.view(1, R, 1, 1) * block
-                + torch.arange(block, device=dev).view(1, 1, -1, 1))  # (1, R, block, 1)
-        kpos = (lists.to(dev).view(1, R, 1, n, 1) * block
-                + torch.arange(block, device=dev).view(1, 1, 1, 1, -1)).view(1, R, 1, n * block)
+        qpos = rows_d.view(1, R, 1, 1) * block + torch.arange(block, device=dev).view(
+            1, 1, -1, 1
+        )  # (1, R, block, 1)
+        kpos = (
+            lists.to(dev).view(1, R, 1, n, 1) * block
+            + torch.arange(block, device=dev).view(1, 1, 1, 1, -1)
+        ).view(1, R, 1, n * block)
         allowed = mask.evaluate(b, h, qpos, kpos, L, S).expand(nb, R, block, n * block)
         bias = to_additive(allowed, q.dtype)  # (B'|1, R, block, n*block)
         if nb > 1:  # a batch-dependent mask: one copy per head
@@ -222,13 +245,18 @@ def _ranges(idx: list[int], block: int, n: int) -> list[tuple[int, int]]:
 
 def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
     if call.need_weights:
-        raise ValueError("backend 'tiled' does not return weights: use backend='math' (or "
-                         "record_attention) to see them")
+        raise ValueError(
+            "backend 'tiled' does not return weights: use backend='math' (or "
+            "record_attention) to see them"
+        )
     B, H, L, _ = q.shape
     S, Dv = k.shape[2], v.shape[3]
     p = plan(call, L, S)
-    pure = (call.score_mod is not None and not call.score_mod.additive) or (
-        call.need_lse and not fused_lse_available(q, v)) or q.device.type not in ("cpu", "cuda")
+    pure = (
+        (call.score_mod is not None and not call.score_mod.additive)
+        or (call.need_lse and not fused_lse_available(q, v))
+        or q.device.type not in ("cpu", "cuda")
+    )
     if pure:
         kx, vx = _expand_heads(k, call.groups), _expand_heads(v, call.groups)
         out, lse = online_softmax_attention(q, kx, vx, call, p.needed, p.block)
@@ -240,8 +268,11 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
     nq = p.needed.shape[0]
     uniq, inverse = torch.unique(p.needed, dim=0, return_inverse=True)
     # batched gathers need head-independent masks, no tensor mask, no bias, whole blocks
-    can_gather = (call.attn_mask is None and call.score_mod is None
-                  and (call.mask is None or call.mask.num_heads is None))
+    can_gather = (
+        call.attn_mask is None
+        and call.score_mod is None
+        and (call.mask is None or call.mask.num_heads is None)
+    )
     # split FULL and PARTIAL keys into two calls merged by LSE: needs the LSE-returning kernel
     split = call.dropout_p == 0 and fused_lse_available(q, v)
     pieces: list[tuple[int, Tensor, Tensor | None]] = []  # (first position, out, lse)
@@ -257,8 +288,13 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
                 a, b = r * block, min(L, (r + 1) * block)
                 # zeros that stay in the graph, so that backward gives zero gradients
                 zero = (q[:, :, a:b, :1] + k[:, :1, :1, :1] + v[:, :1, :1, :1]) * 0
-                pieces.append((a, zero.expand(B, H, b - a, Dv),
-                               q.new_full((B, H, b - a), float("-inf"), dtype=torch.float32)))
+                pieces.append(
+                    (
+                        a,
+                        zero.expand(B, H, b - a, Dv),
+                        q.new_full((B, H, b - a), float("-inf"), dtype=torch.float32),
+                    )
+                )
             continue
         short = (last_q_short and rows[-1] == nq - 1) or (last_k_short and idx[-1] == nk - 1)
         if len(rows) == 1 and can_gather and not short:
@@ -288,7 +324,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
         per_row = B * H * n * block * (D + Dv + 1) * q.element_size()
         chunk = max(1, GATHER_BYTES // per_row)
         for c in range(0, len(items), chunk):
-            part = items[c:c + chunk]
+            part = items[c : c + chunk]
             rows_t = torch.tensor([r for r, _ in part])
             lists_t = torch.tensor([js for _, js in part])
             masked = not bool(p.full[rows_t.view(-1, 1), lists_t].all())
@@ -297,8 +333,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
                 allfull = p.full[r, js].tolist()
                 full = _ranges([j for j, f in zip(js, allfull, strict=True) if f], block, S)
                 partial = _ranges([j for j, f in zip(js, allfull, strict=True) if not f], block, S)
-                out, lse = _slice_call(qb, kb, vb, call, L, S, (r * block, (r + 1) * block),
-                                       full, partial, split)
+                out, lse = _slice_call(
+                    qb, kb, vb, call, L, S, (r * block, (r + 1) * block), full, partial, split
+                )
                 pieces.append((r * block, out, lse))
                 continue
             out, lse = _gather_call(qb, kb, vb, call, L, S, rows_t, lists_t, masked, block, split)
@@ -307,8 +344,13 @@ def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):
                 pieces.append((starts[0], out, lse))
             else:  # rows not consecutive: split back into one piece per row
                 for i, s in enumerate(starts):
-                    pieces.append((s, out[:, :, i * block:(i + 1) * block],
-                                   None if lse is None else lse[:, :, i * block:(i + 1) * block]))
+                    pieces.append(
+                        (
+                            s,
+                            out[:, :, i * block : (i + 1) * block],
+                            None if lse is None else lse[:, :, i * block : (i + 1) * block],
+                        )
+                    )
     pieces.sort(key=lambda t: t[0])
     out = pieces[0][1] if len(pieces) == 1 else torch.cat([t[1] for t in pieces], dim=2)
     lse = None

@@ -41,13 +41,23 @@ _FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 def fused_lse_available(q: Tensor, v: Tensor) -> bool:
     """Whether the fused CPU kernel that returns the LSE can run on ``q`` and ``v`` (it needs
     the value head dim to equal the query's)."""
-    return (_FLASH_CPU is not None and q.device.type == "cpu" and q.dtype in _FUSED_DTYPES
-            and q.shape[-1] == v.shape[-1])
+    return (
+        _FLASH_CPU is not None
+        and q.device.type == "cpu"
+        and q.dtype in _FUSED_DTYPES
+        and q.shape[-1] == v.shape[-1]
+    )
 
 
-def fused_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float,
-                    dropout_p: float = 0.0, need_lse: bool = False
-                    ) -> tuple[Tensor, Tensor | None]:
+def fused_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor | None,
+    scale: float,
+    dropout_p: float = 0.0,
+    need_lse: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """One fused attention call. ``bias``: additive float mask (-inf = masked) broadcastable to
     (B, H, Lq, S), or None. Returns (out (B, H, Lq, Dv), lse (B, H, Lq) float or None).
 
@@ -66,8 +76,7 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale:
                 if bool(dead.any()):
                     lse = lse.masked_fill(dead.expand_as(lse), float("-inf"))
             return out, (lse if need_lse else None)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
-                                         scale=scale)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
     if need_lse:  # the LSE does not depend on dropout: one more pass without it
         lse = _lse_by_blocks(q, k, bias, scale)
     return out, lse
@@ -112,9 +121,11 @@ class FlashParts(torch.autograd.Function):
         lse_b = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("inf")))
         extra = dlse is not None and bool(dlse.any())
         if extra:
+
             def aug(t, fill=None):
                 col = t.new_zeros(*t.shape[:-1], 1) if fill is None else fill
                 return torch.cat([t, col], dim=-1)
+
             q = aug(q)
             out = aug(out, -dlse.to(out.dtype).unsqueeze(-1))
             dout = aug(dout, dout.new_ones(*dout.shape[:-1], 1))
@@ -125,15 +136,21 @@ class FlashParts(torch.autograd.Function):
                 continue
             if extra:
                 k, v = aug(k), aug(v)
-            dq, dk, dv = bwd(dout, q, k, v, out, lse_b, 0.0, False, attn_mask=bias,
-                             scale=ctx.scale)
+            dq, dk, dv = bwd(dout, q, k, v, out, lse_b, 0.0, False, attn_mask=bias, scale=ctx.scale)
             if extra:
                 dq, dk, dv = dq[..., :-1], dk[..., :-1], dv[..., :-1]
             grads.append((dq, dk, dv))
         dq = grads[0][0] if k2 is None else grads[0][0] + grads[1][0]
-        return (dq, grads[0][1], grads[0][2], None,
-                grads[1][1] if k2 is not None else None,
-                grads[1][2] if k2 is not None else None, None, None)
+        return (
+            dq,
+            grads[0][1],
+            grads[0][2],
+            None,
+            grads[1][1] if k2 is not None else None,
+            grads[1][2] if k2 is not None else None,
+            None,
+            None,
+        )
 
 
 def _part(q, k, v, bias, scale):
@@ -145,8 +162,9 @@ def _part(q, k, v, bias, scale):
     return out, lse
 
 
-def flash_parts(q: Tensor, parts: list[tuple[Tensor, Tensor, Tensor | None]], scale: float
-                ) -> tuple[Tensor, Tensor]:
+def flash_parts(
+    q: Tensor, parts: list[tuple[Tensor, Tensor, Tensor | None]], scale: float
+) -> tuple[Tensor, Tensor]:
     """(out, lse) of ``q`` over the union of one or two key parts [(k, v, bias | None)], both
     differentiable; lse = -inf on rows with no allowed key (their output is 0)."""
     if len(parts) == 1:
@@ -156,15 +174,16 @@ def flash_parts(q: Tensor, parts: list[tuple[Tensor, Tensor, Tensor | None]], sc
     return FlashParts.apply(q, k1, v1, b1, k2, v2, b2, scale)
 
 
-def _lse_by_blocks(q: Tensor, k: Tensor, bias: Tensor | None, scale: float,
-                   rows: int = 256) -> Tensor:
+def _lse_by_blocks(
+    q: Tensor, k: Tensor, bias: Tensor | None, scale: float, rows: int = 256
+) -> Tensor:
     """Per-row log-sum-exp of the biased scores, a few rows at a time (no autograd needed)."""
     parts = []
     with torch.no_grad():
         for a in range(0, q.shape[2], rows):
-            s = torch.matmul(q[:, :, a:a + rows], k.transpose(-2, -1)).float() * scale
+            s = torch.matmul(q[:, :, a : a + rows], k.transpose(-2, -1)).float() * scale
             if bias is not None:
-                s = s + (bias[..., a:a + rows, :] if bias.shape[-2] != 1 else bias).float()
+                s = s + (bias[..., a : a + rows, :] if bias.shape[-2] != 1 else bias).float()
             parts.append(torch.logsumexp(s, -1))
     return torch.cat(parts, dim=2)
 
@@ -259,9 +278,14 @@ def _lists(needed: Tensor) -> list[list[int]]:
     return [row.nonzero().flatten().tolist() for row in needed]
 
 
-def online_softmax_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall,
-                             needed: Tensor | None = None, block: int = 128
-                             ) -> tuple[Tensor, Tensor]:
+def online_softmax_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    call: AttentionCall,
+    needed: Tensor | None = None,
+    block: int = 128,
+) -> tuple[Tensor, Tensor]:
     """Exact attention with the pure-PyTorch online softmax. Returns (out, lse).
 
     Args:
@@ -271,8 +295,10 @@ def online_softmax_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCal
         block: rows and keys per block.
     """
     if call.dropout_p > 0:
-        raise ValueError("dropout_p > 0 is not supported by the pure online-softmax kernel "
-                         "(non-additive score_mod or a device without fused kernels)")
+        raise ValueError(
+            "dropout_p > 0 is not supported by the pure online-softmax kernel "
+            "(non-additive score_mod or a device without fused kernels)"
+        )
     L, S = q.shape[2], k.shape[2]
     if needed is None:
         needed = torch.ones(-(-L // block), -(-S // block), dtype=torch.bool)

@@ -81,20 +81,26 @@ class GPT2Config:
         """From a Hugging Face ``config.json`` dict (``model_type`` 'gpt2')."""
         check_model_type(cfg, "gpt2", "GPT2LM")
         if not cfg.get("scale_attn_weights", True) or cfg.get("scale_attn_by_inverse_layer_idx"):
-            raise CheckpointError("only the standard 1/sqrt(head_dim) attention scale is "
-                                  "supported (scale_attn_weights=True, "
-                                  "scale_attn_by_inverse_layer_idx=False)")
+            raise CheckpointError(
+                "only the standard 1/sqrt(head_dim) attention scale is "
+                "supported (scale_attn_weights=True, "
+                "scale_attn_by_inverse_layer_idx=False)"
+            )
         if cfg.get("add_cross_attention"):
             raise CheckpointError("GPT-2 with cross-attention is not supported")
         dim, heads, ratio = widths(cfg, "n_embd", "n_head", "n_inner")
         out = cls(
-            vocab_size=config_value(cfg, "vocab_size"), dim=dim,
-            depth=config_value(cfg, "n_layer"), num_heads=heads, mlp_ratio=ratio,
+            vocab_size=config_value(cfg, "vocab_size"),
+            dim=dim,
+            depth=config_value(cfg, "n_layer"),
+            num_heads=heads,
+            mlp_ratio=ratio,
             max_len=config_value(cfg, "n_positions", default=1024),
             act=activation(config_value(cfg, "activation_function", str, "gelu_new")),
             norm_eps=float(config_value(cfg, "layer_norm_epsilon", (int, float), 1e-5)),
             dropout=float(config_value(cfg, "resid_pdrop", (int, float), 0.0)),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", True)))
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        )
         return dataclasses.replace(out, **overrides)
 
 
@@ -113,11 +119,21 @@ class GPT2LM(nn.Module):
         self.pos_embed = LearnedPositionalEmbedding(cfg.dim, cfg.max_len)
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = TransformerEncoder(
-            cfg.dim, cfg.depth, cfg.num_heads, norm="pre", causal=True, final_norm=True,
-            mlp_ratio=cfg.mlp_ratio, act=cfg.act, norm_eps=cfg.norm_eps, dropout=cfg.dropout,
-            max_len=cfg.max_len)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size,
-                                                                 bias=False)
+            cfg.dim,
+            cfg.depth,
+            cfg.num_heads,
+            norm="pre",
+            causal=True,
+            final_norm=True,
+            mlp_ratio=cfg.mlp_ratio,
+            act=cfg.act,
+            norm_eps=cfg.norm_eps,
+            dropout=cfg.dropout,
+            max_len=cfg.max_len,
+        )
+        self.lm_head = (
+            None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        )
 
     def make_cache(self) -> list[KVCache]:
         """One empty KV cache per block, for ``forward(..., cache=...)``."""
@@ -138,8 +154,10 @@ class GPT2LM(nn.Module):
     def generate(self, input_ids: Tensor, max_new_tokens: int) -> Tensor:
         """Greedy decoding with the KV cache: (B, L) -> (B, L + max_new_tokens)."""
         if input_ids.shape[1] + max_new_tokens > self.cfg.max_len:
-            raise ValueError(f"{input_ids.shape[1]} + {max_new_tokens} tokens exceed the "
-                             f"model's max_len {self.cfg.max_len}")
+            raise ValueError(
+                f"{input_ids.shape[1]} + {max_new_tokens} tokens exceed the "
+                f"model's max_len {self.cfg.max_len}"
+            )
         cache, out, step = self.make_cache(), input_ids, input_ids
         for _ in range(max_new_tokens):
             step = self(step, cache=cache)[:, -1:].argmax(-1)  # (B, 1)
@@ -159,29 +177,40 @@ def load_causal_lm(path: str | Path, **overrides) -> GPT2LM:
     cfg = GPT2Config.from_hf(read_config(path), **overrides)
     state = strip_prefix(read_safetensors(path), "transformer.", "wte.weight")
     model = GPT2LM(cfg)
-    ld = StateLoader(model, state, f"{Path(path)}/model.safetensors",
-                     ignore=lambda k: bool(_MASK_BUFFER.fullmatch(k)))
+    ld = StateLoader(
+        model,
+        state,
+        f"{Path(path)}/model.safetensors",
+        ignore=lambda k: bool(_MASK_BUFFER.fullmatch(k)),
+    )
     ld.copy("tok_embed.weight", "wte.weight")
     ld.copy("pos_embed.weight", "wpe.weight")
     if cfg.tie_embeddings:
         if ld.has("lm_head.weight"):
             if not torch.equal(ld.take("lm_head.weight"), state["wte.weight"]):
-                ld.errors.append("lm_head.weight differs from wte.weight but the config ties "
-                                 "them (tie_word_embeddings)")
+                ld.errors.append(
+                    "lm_head.weight differs from wte.weight but the config ties "
+                    "them (tie_word_embeddings)"
+                )
     else:
         ld.copy("lm_head.weight", "lm_head.weight")
     for i, blk in enumerate(model.encoder.blocks):
         src, dst = f"h.{i}", f"encoder.blocks.{i}"
         key = f"{src}.attn.c_attn"
-        if ld.check_shape(f"{key}.weight", (cfg.dim, 3 * cfg.dim)) and \
-                ld.check_shape(f"{key}.bias", (3 * cfg.dim,)):
+        if ld.check_shape(f"{key}.weight", (cfg.dim, 3 * cfg.dim)) and ld.check_shape(
+            f"{key}.bias", (3 * cfg.dim,)
+        ):
             w, b = ld.take(f"{key}.weight"), ld.take(f"{key}.bias")
             # Conv1D (in, 3 * dim) -> three nn.Linear weights (dim, in)
             blk.attn.load_qkv(*w.t().chunk(3, dim=0), *b.chunk(3))
             ld.filled(f"{dst}.attn.qkv.weight", f"{dst}.attn.qkv.bias")
-        for ours, theirs, conv in (("norm1", "ln_1", False), ("norm2", "ln_2", False),
-                                   ("attn.proj", "attn.c_proj", True),
-                                   ("mlp.fc1", "mlp.c_fc", True), ("mlp.fc2", "mlp.c_proj", True)):
+        for ours, theirs, conv in (
+            ("norm1", "ln_1", False),
+            ("norm2", "ln_2", False),
+            ("attn.proj", "attn.c_proj", True),
+            ("mlp.fc1", "mlp.c_fc", True),
+            ("mlp.fc2", "mlp.c_proj", True),
+        ):
             ld.copy(f"{dst}.{ours}.weight", f"{src}.{theirs}.weight", Tensor.t if conv else None)
             ld.copy(f"{dst}.{ours}.bias", f"{src}.{theirs}.bias")
     for p in ("weight", "bias"):

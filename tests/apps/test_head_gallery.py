@@ -28,13 +28,13 @@ def _maps(layers: int, heads: int, L: int = 10, seed: int = 0) -> np.ndarray:
 
 
 def _rgb(hex_colour: str) -> np.ndarray:
-    return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
 
 
 def _strip_colour(arr: np.ndarray, cell: dict) -> np.ndarray:
     """The colour of a label strip, sampled at its left end (away from the centred text)."""
     x0, y0, x1, y1 = cell["strip"]
-    return arr[y0 + 1:y1, x0 + 1:x0 + 3].reshape(-1, 3)
+    return arr[y0 + 1 : y1, x0 + 1 : x0 + 3].reshape(-1, 3)
 
 
 @pytest.mark.parametrize("layers, heads", [(1, 1), (12, 12)])
@@ -45,16 +45,17 @@ def test_one_cell_per_head_in_its_behaviour_colour(layers, heads):
     arr = np.asarray(view.image.convert("RGB"))
     cells = view.data["cells"]
     assert len(cells) == layers * heads and view.kind == "head_gallery"
-    assert {(c["layer"], c["head"]) for c in cells} == {(i, h) for i in range(layers)
-                                                        for h in range(heads)}
+    assert {(c["layer"], c["head"]) for c in cells} == {
+        (i, h) for i in range(layers) for h in range(heads)
+    }
     for c in cells:
         got = _strip_colour(arr, c)
-        np.testing.assert_array_equal(got, np.broadcast_to(_rgb(behaviour_color(c["label"])),
-                                                           got.shape))
+        np.testing.assert_array_equal(
+            got, np.broadcast_to(_rgb(behaviour_color(c["label"])), got.shape)
+        )
     # cells do not overlap and lie inside the image
     boxes = [c["box"] for c in cells]
-    assert all(0 <= b[0] < b[2] < arr.shape[1] and 0 <= b[1] < b[3] < arr.shape[0]
-               for b in boxes)
+    assert all(0 <= b[0] < b[2] < arr.shape[1] and 0 <= b[1] < b[3] < arr.shape[0] for b in boxes)
     for a in boxes:
         for b in boxes:
             if a is not b:
@@ -71,7 +72,7 @@ def test_strip_colours_differ_by_label_and_text_is_drawn():
     assert len(set(colours)) == 4
     for c in view.data["cells"]:  # the strip's centre carries text in a contrasting ink
         x0, y0, x1, y1 = c["strip"]
-        mid = arr[y0:y1, (x0 + x1) // 2 - 10:(x0 + x1) // 2 + 10].reshape(-1, 3)
+        mid = arr[y0:y1, (x0 + x1) // 2 - 10 : (x0 + x1) // 2 + 10].reshape(-1, 3)
         assert len({tuple(p) for p in mid}) > 2
 
 
@@ -82,8 +83,8 @@ def test_thumbnails_follow_the_weights():
     a = head_gallery(eye, [["previous-token"]], [[1.0]])
     b = head_gallery(first, [["previous-token"]], [[1.0]])
     x0, y0, x1, _ = a.data["cells"][0]["box"]
-    ta = np.asarray(a.image)[y0 + 3:y0 + 3 + 64, x0 + 3:x0 + 3 + 64].astype(int)
-    tb = np.asarray(b.image)[y0 + 3:y0 + 3 + 64, x0 + 3:x0 + 3 + 64].astype(int)
+    ta = np.asarray(a.image)[y0 + 3 : y0 + 3 + 64, x0 + 3 : x0 + 3 + 64].astype(int)
+    tb = np.asarray(b.image)[y0 + 3 : y0 + 3 + 64, x0 + 3 : x0 + 3 + 64].astype(int)
     assert np.abs(ta - tb).mean() > 20
     # the diagonal is bright (viridis' yellow end), off-diagonal dark
     assert ta[5, 5].sum() > ta[5, 60].sum() + 200
@@ -104,8 +105,9 @@ def test_unknown_labels_nan_scores_and_bad_shapes():
 def test_html_table():
     labels = [["previous-token", "sink"], ["induction", "mixed"]]
     details = [[{"sink": 0.1, "next-token": None}] * 2] * 2
-    html = head_gallery_html(labels, [[0.97, 0.5], [0.8, np.nan]], details=details,
-                             layer_names=["a<b", "c"])
+    html = head_gallery_html(
+        labels, [[0.97, 0.5], [0.8, np.nan]], details=details, layer_names=["a<b", "c"]
+    )
 
     class Cells(HTMLParser):
         def __init__(self):
@@ -129,8 +131,17 @@ def test_gallery_of_scored_pattern_heads():
     the behaviour the head was built with."""
     model = PatternModel(PATTERNS)
     ids, lengths = batch()
-    s = score_heads(model, run(model), ids, lengths=lengths, special_ids=[CLS, SEP],
-                    vocab=(3, VOCAB), induction_len=12, prefix=[CLS], suffix=[SEP])
+    s = score_heads(
+        model,
+        run(model),
+        ids,
+        lengths=lengths,
+        special_ids=[CLS, SEP],
+        vocab=(3, VOCAB),
+        induction_len=12,
+        prefix=[CLS],
+        suffix=[SEP],
+    )
     names, best = s.labels()
     view = head_gallery(s.example, names, best)
     arr = np.asarray(view.image)

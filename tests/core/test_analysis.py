@@ -80,8 +80,10 @@ def test_bottleneck_is_the_widest_path_and_bounds_the_flow():
     hat = [0.5 * m.mean(1)[0] + 0.5 * torch.eye(3) for m in maps]
     want = torch.zeros(3, 3)
     for i, j in itertools.product(range(3), repeat=2):
-        want[i, j] = max(min(hat[2][i, a], hat[1][a, b], hat[0][b, j])
-                         for a, b in itertools.product(range(3), repeat=2))
+        want[i, j] = max(
+            min(hat[2][i, a], hat[1][a, b], hat[0][b, j])
+            for a, b in itertools.product(range(3), repeat=2)
+        )
     bott = attention_flow(maps, method="bottleneck")[0]
     torch.testing.assert_close(bott, want)
     flow = attention_flow(maps)[0]
@@ -95,8 +97,7 @@ def test_entropy_uniform_onehot_and_masked_rows():
     w[0, 0] = 0.25  # uniform over 4 keys
     w[0, 1, :, 2] = 1.0  # one-hot
     w[0, 1, 2] = 0.0  # a fully masked query row: left out
-    torch.testing.assert_close(head_entropy(w), torch.tensor([[torch.log(torch.tensor(4.0)),
-                                                               0.0]]))
+    torch.testing.assert_close(head_entropy(w), torch.tensor([[torch.log(torch.tensor(4.0)), 0.0]]))
 
 
 def test_mean_attention_distance_positions_and_coords():

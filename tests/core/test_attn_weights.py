@@ -16,14 +16,23 @@ W_TOL = dict(atol=1e-6, rtol=1e-5)
 
 
 def _args(**kw):
-    args = dict(attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=True,
-                mask=None, score_mod=None, backend="auto")
+    args = dict(
+        attn_mask=None,
+        dropout_p=0.0,
+        is_causal=False,
+        scale=None,
+        enable_gqa=True,
+        mask=None,
+        score_mod=None,
+        backend="auto",
+    )
     return {**args, **kw}
 
 
 CASES = {
-    "causal_padding_softcap": dict(is_causal=True, mask=masks.key_padding(torch.tensor([7, 5])),
-                                   score_mod=SoftCap(2.0)),
+    "causal_padding_softcap": dict(
+        is_causal=True, mask=masks.key_padding(torch.tensor([7, 5])), score_mod=SoftCap(2.0)
+    ),
     "alibi_window": dict(score_mod=ALiBi(4), mask=masks.sliding_window(3)),
     "float_mask_scale": dict(attn_mask=torch.randn(2, 1, 7, 7), scale=0.3),
     # query 2 sees no key: zero weights and output, not NaN
@@ -36,8 +45,7 @@ def test_both_paths_equal_the_math_backend(case):
     torch.manual_seed(30)
     q, k, v = torch.randn(2, 4, 7, 8), torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 6)
     args = _args(**CASES[case])
-    ref = attention(q, k, v, **{**args, "backend": "math"}, return_weights=True,
-                    return_lse=True)
+    ref = attention(q, k, v, **{**args, "backend": "math"}, return_weights=True, return_lse=True)
     call = attention_call(q, k, args)
     with torch.no_grad():  # the softmax written over the scores
         out, w = explicit_attention(q, k, v, call)
@@ -49,8 +57,9 @@ def test_both_paths_equal_the_math_backend(case):
     torch.testing.assert_close(out2.detach(), out)
     for heads in (None, [3, 0]):
         got = lse_weights(q.detach(), k, ref.lse, call, heads)
-        torch.testing.assert_close(got, ref.weights if heads is None else ref.weights[:, heads],
-                                   **W_TOL)
+        torch.testing.assert_close(
+            got, ref.weights if heads is None else ref.weights[:, heads], **W_TOL
+        )
 
 
 def test_half_precision_keeps_float32_statistics():

@@ -51,8 +51,14 @@ def _reference_attention(attn: MultiHeadAttention, x, allowed=None):
     if attn.qkv.bias is not None:
         b = attn.qkv.bias.double()
     else:
-        b = torch.cat([getattr(attn, n).double() if hasattr(attn, n) else torch.zeros(H * D,
-                       dtype=torch.float64) for n in ("q_bias", "k_bias", "v_bias")])
+        b = torch.cat(
+            [
+                getattr(attn, n).double()
+                if hasattr(attn, n)
+                else torch.zeros(H * D, dtype=torch.float64)
+                for n in ("q_bias", "k_bias", "v_bias")
+            ]
+        )
     q, k, v = (x @ w.T + b).split(H * D, dim=-1)
     q, k, v = (t.view(B, L, H, D).transpose(1, 2) for t in (q, k, v))
     o, _, _ = reference_attention(q, k, v, allowed=allowed)
@@ -66,8 +72,11 @@ def _reference_block(blk: Block, x, act: str, allowed=None):
         return t * mod.gamma.double() if isinstance(mod, LayerScale) else t
 
     def mlp(t):
-        return _lin(ACTS[act](_lin(t, blk.mlp.fc1.weight, blk.mlp.fc1.bias)), blk.mlp.fc2.weight,
-                    blk.mlp.fc2.bias)
+        return _lin(
+            ACTS[act](_lin(t, blk.mlp.fc1.weight, blk.mlp.fc1.bias)),
+            blk.mlp.fc2.weight,
+            blk.mlp.fc2.bias,
+        )
 
     if blk.pre_norm:
         x = x + ls(blk.ls1, _reference_attention(blk.attn, _ln(x, blk.norm1), allowed))
@@ -167,19 +176,36 @@ def test_bert_style_layer_equals_torch_transformer_encoder_layer(norm_first, act
     """A post-norm (BERT) or pre-norm layer loaded through ``load_qkv`` equals torch's layer."""
     torch.manual_seed(9)
     dim, heads, ff = 32, 4, 48
-    ref = torch.nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, activation=activation,
-                                           batch_first=True, norm_first=norm_first,
-                                           layer_norm_eps=1e-12).eval()
+    ref = torch.nn.TransformerEncoderLayer(
+        dim,
+        heads,
+        ff,
+        dropout=0.0,
+        activation=activation,
+        batch_first=True,
+        norm_first=norm_first,
+        layer_norm_eps=1e-12,
+    ).eval()
     _randomise(ref, 10)
-    blk = Block(dim, heads, norm="pre" if norm_first else "post", mlp_ratio=ff / dim,
-                act=activation, norm_eps=1e-12).eval()
+    blk = Block(
+        dim,
+        heads,
+        norm="pre" if norm_first else "post",
+        mlp_ratio=ff / dim,
+        act=activation,
+        norm_eps=1e-12,
+    ).eval()
     wq, wk, wv = ref.self_attn.in_proj_weight.chunk(3)
     bq, bk, bv = ref.self_attn.in_proj_bias.chunk(3)
     blk.attn.load_qkv(wq, wk, wv, bq, bk, bv)
     with torch.no_grad():
-        for mine, theirs in ((blk.attn.proj, ref.self_attn.out_proj), (blk.mlp.fc1, ref.linear1),
-                             (blk.mlp.fc2, ref.linear2), (blk.norm1, ref.norm1),
-                             (blk.norm2, ref.norm2)):
+        for mine, theirs in (
+            (blk.attn.proj, ref.self_attn.out_proj),
+            (blk.mlp.fc1, ref.linear1),
+            (blk.mlp.fc2, ref.linear2),
+            (blk.norm1, ref.norm1),
+            (blk.norm2, ref.norm2),
+        ):
             mine.weight.copy_(theirs.weight)
             mine.bias.copy_(theirs.bias)
     x = torch.randn(3, 9, dim)
@@ -234,8 +260,9 @@ def test_stacks_schedule_drop_path_and_choose_the_final_norm():
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_post_norm_decoder_cache_equals_full_forward(norm):
     torch.manual_seed(12)
-    dec = TransformerDecoder(16, 2, 2, norm=norm, kdim=12, init_values=0.1,
-                             qkv_bias=(True, False, True), act="gelu_tanh").eval()
+    dec = TransformerDecoder(
+        16, 2, 2, norm=norm, kdim=12, init_values=0.1, qkv_bias=(True, False, True), act="gelu_tanh"
+    ).eval()
     x, ctx = torch.randn(2, 5, 16), torch.randn(2, 4, 12)
     full = dec(x, ctx)
     cache = dec.make_cache()

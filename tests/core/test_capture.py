@@ -46,8 +46,9 @@ def test_weights_sum_to_one_and_match_float64_reference():
     with record_attention(mod) as maps:
         mod(x, mask=masks.key_padding(lengths))
     w = maps[""]
-    allowed = torch.ones(6, 6, dtype=torch.bool).tril() & (torch.arange(6) < lengths.view(2, 1,
-                                                                                            1, 1))
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril() & (
+        torch.arange(6) < lengths.view(2, 1, 1, 1)
+    )
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 6), **TOL)  # every row has a key
     assert (w[~allowed.expand_as(w)] == 0).all()
     # q, k from the module's own weights, in float64
@@ -57,15 +58,17 @@ def test_weights_sum_to_one_and_match_float64_reference():
     torch.testing.assert_close(w.double(), ref_w, atol=1e-6, rtol=1e-6)
     meta = maps.meta("")
     assert meta["kind"] == "self" and "causal" in meta["mask"].describe()
-    torch.testing.assert_close(maps.record("").allowed().expand(2, 1, 6, 6), allowed.expand(2, 1,
-                                                                                            6, 6))
+    torch.testing.assert_close(
+        maps.record("").allowed().expand(2, 1, 6, 6), allowed.expand(2, 1, 6, 6)
+    )
 
 
 def test_only_recorded_layers_leave_the_fused_path(enc, monkeypatch):
     calls = []
     real = capture._Recorder.__call__
-    monkeypatch.setattr(capture._Recorder, "__call__",
-                        lambda self, *a: calls.append(self.name) or real(self, *a))
+    monkeypatch.setattr(
+        capture._Recorder, "__call__", lambda self, *a: calls.append(self.name) or real(self, *a)
+    )
     x = torch.randn(1, 7, 32)
     enc(x)
     assert calls == []  # nothing is observed outside a recording
@@ -129,8 +132,9 @@ def test_lazy_rows_equal_eager_rows(pos):
         enc(x)
     with record_attention(enc, head_indices=[1, 3]) as ez:
         enc(x)
-    torch.testing.assert_close(lz.rows("blocks.1.attn", slice(0, 4)),
-                               ez["blocks.1.attn"][:, :, :4], **TOL)
+    torch.testing.assert_close(
+        lz.rows("blocks.1.attn", slice(0, 4)), ez["blocks.1.attn"][:, :, :4], **TOL
+    )
 
 
 def test_reductions_heads_topk_dtype_mean(enc):
@@ -176,8 +180,11 @@ def test_ablation_changes_exactly_the_chosen_heads(enc, mode):
     with ablate_heads(enc, {"blocks.0.attn": [1, 3]}, mode=mode):
         abl = _proj_inputs(enc, "blocks.0.attn", x).view(2, 8, 4, 8)
     torch.testing.assert_close(abl[:, :, [0, 2]], base[:, :, [0, 2]], **TOL)
-    want = (torch.zeros_like(base[:, :, [1, 3]]) if mode == "zero"
-            else base[:, :, [1, 3]].mean(1, keepdim=True).expand(-1, 8, -1, -1))
+    want = (
+        torch.zeros_like(base[:, :, [1, 3]])
+        if mode == "zero"
+        else base[:, :, [1, 3]].mean(1, keepdim=True).expand(-1, 8, -1, -1)
+    )
     torch.testing.assert_close(abl[:, :, [1, 3]], want, **TOL)
     assert _observers(enc) == [None, None, None]
     # the downstream output changes; an ablation of no head changes nothing
@@ -206,10 +213,12 @@ def _math_reference(model, *inputs, **kw):
     got = {}
     mods = attention_modules(model)
     for name, mod in mods:
+
         def obs(m, q, k, v, args, kind=None, name=name):
             res = attention(q, k, v, **{**args, "backend": "math"}, return_weights=True)
             got[name] = res.weights.detach()
             return res.output
+
         mod._observer = obs
     try:
         out = model(*inputs, **kw)
@@ -238,8 +247,9 @@ def _check_exact(model, *inputs, head_indices=None, **kw):
 @pytest.mark.parametrize("num_kv_heads", [4, 2, 1])
 def test_recorded_weights_equal_math_backend(pos, num_kv_heads):
     torch.manual_seed(10)
-    enc = TransformerEncoder(32, 2, 4, causal=True, pos=pos, num_kv_heads=num_kv_heads,
-                             max_len=64).eval()
+    enc = TransformerEncoder(
+        32, 2, 4, causal=True, pos=pos, num_kv_heads=num_kv_heads, max_len=64
+    ).eval()
     x = torch.randn(2, 11, 32)
     pad = masks.key_padding(torch.tensor([11, 7]))
     with torch.no_grad():
@@ -291,11 +301,13 @@ def test_retain_grad_gradient_is_d_output_d_weights():
     # the reference: the math backend's weights, the output recomputed from them (the old path)
     grads, mods = {}, attention_modules(enc)
     for name, mod in mods:
+
         def obs(m, q, k, v, args, kind=None, name=name):
             w = attention(q, k, v, **{**args, "backend": "math"}, return_weights=True).weights
             w.retain_grad()
             grads[name] = w
             return torch.matmul(w, v.repeat_interleave(q.shape[1] // v.shape[1], 1))
+
         mod._observer = obs
     try:
         (enc(x) * r).sum().backward()

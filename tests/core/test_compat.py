@@ -38,8 +38,13 @@ CASES = list(itertools.product([False, True], [None, 12], [False, True], [False,
 @pytest.mark.parametrize(("batch_first", "kdim", "add_bias_kv", "add_zero_attn"), CASES)
 def test_matches_torch_with_masks_and_weights(batch_first, kdim, add_bias_kv, add_zero_attn):
     torch.manual_seed(0)
-    ref, ours = _pair(batch_first=batch_first, kdim=kdim, vdim=kdim, add_bias_kv=add_bias_kv,
-                      add_zero_attn=add_zero_attn)
+    ref, ours = _pair(
+        batch_first=batch_first,
+        kdim=kdim,
+        vdim=kdim,
+        add_bias_kv=add_bias_kv,
+        add_zero_attn=add_zero_attn,
+    )
     N, L, S = 3, 5, 7
     q, k, v = _inputs(N, L, S, kdim or 16, batch_first)
     kpm = torch.zeros(N, S, dtype=torch.bool)
@@ -90,8 +95,12 @@ def test_mixed_mask_types_unbatched_and_causal():
 
 
 def test_state_dict_keys_training_and_errors():
-    for kw in (dict(), dict(kdim=8, vdim=12), dict(bias=False, add_bias_kv=False),
-               dict(add_bias_kv=True)):
+    for kw in (
+        dict(),
+        dict(kdim=8, vdim=12),
+        dict(bias=False, add_bias_kv=False),
+        dict(add_bias_kv=True),
+    ):
         ref = torch.nn.MultiheadAttention(16, 4, **kw)
         assert set(MultiheadAttention(16, 4, **kw).state_dict()) == set(ref.state_dict())
     ref, ours = _pair(dropout=0.5)
@@ -139,8 +148,7 @@ def _torch_weights(ref, x, memory, self_kw, cross_kw):
     """Per-head weights of torch's own modules, asked for with need_weights=True."""
     a = ref.self_attn(x, x, x, need_weights=True, average_attn_weights=False, **self_kw)
     h = x + a[0]
-    b = ref.cross_attn(h, memory, memory, need_weights=True, average_attn_weights=False,
-                       **cross_kw)
+    b = ref.cross_attn(h, memory, memory, need_weights=True, average_attn_weights=False, **cross_kw)
     return {"self_attn": a[1], "cross_attn": b[1]}
 
 
@@ -165,8 +173,7 @@ def test_record_attention_on_the_drop_in_equals_torch_weights(batch_first):
         with record_attention(ours) as maps:
             out = ours(x, memory, self_kw=self_kw, cross_kw=cross_kw)
         torch.testing.assert_close(out, plain, **TOL)
-        torch.testing.assert_close(out, ref(x, memory, self_kw=self_kw, cross_kw=cross_kw),
-                                   **TOL)
+        torch.testing.assert_close(out, ref(x, memory, self_kw=self_kw, cross_kw=cross_kw), **TOL)
         want = _torch_weights(ref, x, memory, self_kw, cross_kw)
         assert list(maps) == ["self_attn", "cross_attn"]
         assert maps.meta("self_attn")["kind"] == "self"
@@ -192,8 +199,7 @@ def test_record_attention_on_the_drop_in_with_need_weights_and_lazy():
         ours(q, q, q, need_weights=False)
     assert lazy.meta("")["kind"] == "self"
     wa = ref(q, q, q, average_attn_weights=False)[1]
-    torch.testing.assert_close(lazy.rows("", slice(1, 4)), wa[:, [2], 1:4], atol=1e-6,
-                               rtol=1e-5)
+    torch.testing.assert_close(lazy.rows("", slice(1, 4)), wa[:, [2], 1:4], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["zero", "mean"])

@@ -9,8 +9,9 @@ from attnlab.core import masks as M
 
 def _ids(L, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.sort(torch.randint(0, 5, (L,), generator=g)).values
-                        for _ in range(2)])
+    return torch.stack(
+        [torch.sort(torch.randint(0, 5, (L,), generator=g)).values for _ in range(2)]
+    )
 
 
 CASES = {
@@ -40,7 +41,7 @@ def test_block_kinds_agree_with_dense(name, L, S, bq, bk):
     assert kinds.shape[2:] == (-(-L // bq), -(-S // bk))
     for i in range(kinds.shape[2]):
         for j in range(kinds.shape[3]):
-            blk = dense[:, :, i * bq:(i + 1) * bq, j * bk:(j + 1) * bk].flatten(2)
+            blk = dense[:, :, i * bq : (i + 1) * bq, j * bk : (j + 1) * bk].flatten(2)
             kind = kinds[:, :, i, j]
             assert not blk[kind == M.EMPTY].any(), (i, j)
             assert blk[kind == M.FULL].all(), (i, j)
@@ -53,8 +54,7 @@ def test_analytic_layouts_are_tight():
         dense = mask.dense(64, 64)[0, 0]
         kinds = mask.block_kinds(64, 64, 8, 8)[0, 0]
         blocks = dense.view(8, 8, 8, 8).transpose(1, 2).flatten(2)
-        truth = torch.where(blocks.all(-1), M.FULL, torch.where(blocks.any(-1), M.PARTIAL,
-                                                                M.EMPTY))
+        truth = torch.where(blocks.all(-1), M.FULL, torch.where(blocks.any(-1), M.PARTIAL, M.EMPTY))
         assert torch.equal(kinds, truth.to(torch.int8))
 
 
@@ -89,17 +89,20 @@ def test_predicate_matches_flex_form():
     assert torch.equal(M.causal().mask_mod(z, z, q, kv), kv <= q)
 
 
-@pytest.mark.parametrize("make,err", [
-    (lambda: M.sliding_window(0), ValueError),
-    (lambda: M.causal("middle"), ValueError),
-    (lambda: M.key_padding(torch.tensor([-1])), ValueError),
-    (lambda: M.key_padding(torch.tensor([1.5])), TypeError),
-    (lambda: M.document(torch.zeros(2, 3, 4, dtype=torch.long)), ValueError),
-    (lambda: M.document(torch.zeros(5, dtype=torch.long)).dense(6), ValueError),
-    (lambda: M.from_predicate(3), TypeError),
-    (lambda: M.causal() & 3, TypeError),
-    (lambda: M.causal().dense(0), ValueError),
-])
+@pytest.mark.parametrize(
+    "make,err",
+    [
+        (lambda: M.sliding_window(0), ValueError),
+        (lambda: M.causal("middle"), ValueError),
+        (lambda: M.key_padding(torch.tensor([-1])), ValueError),
+        (lambda: M.key_padding(torch.tensor([1.5])), TypeError),
+        (lambda: M.document(torch.zeros(2, 3, 4, dtype=torch.long)), ValueError),
+        (lambda: M.document(torch.zeros(5, dtype=torch.long)).dense(6), ValueError),
+        (lambda: M.from_predicate(3), TypeError),
+        (lambda: M.causal() & 3, TypeError),
+        (lambda: M.causal().dense(0), ValueError),
+    ],
+)
 def test_bad_arguments(make, err):
     with pytest.raises(err):
         make()
@@ -167,8 +170,12 @@ def _by_hand(a, b):
     return out
 
 
-SHAPES = [((2, 3, 4, 5), (2, 3, 4, 5)), ((2, 1, 4, 5), (1, 3, 1, 5)), ((4, 5), (2, 1, 1, 5)),
-          ((1, 1, 1, 5), (2, 3, 4, 5))]
+SHAPES = [
+    ((2, 3, 4, 5), (2, 3, 4, 5)),
+    ((2, 1, 4, 5), (1, 3, 1, 5)),
+    ((4, 5), (2, 1, 1, 5)),
+    ((1, 1, 1, 5), (2, 3, 4, 5)),
+]
 
 
 @pytest.mark.parametrize("kinds", ["bool/bool", "bool/float", "float/bool", "float/float"])

@@ -26,7 +26,7 @@ def _manual_self_attention(mod: MultiHeadAttention, x, allowed=None, bias=None):
     """Float64 attention from the module's own weights, independent of its forward."""
     B, L, _ = x.shape
     H, Hk, D = mod.num_heads, mod.num_kv_heads, mod.head_dim
-    qkv = (x.double() @ mod.qkv.weight.double().T + mod.qkv.bias.double())
+    qkv = x.double() @ mod.qkv.weight.double().T + mod.qkv.bias.double()
     q = qkv[..., : H * D].view(B, L, H, D).transpose(1, 2)
     k = qkv[..., H * D : (H + Hk) * D].view(B, L, Hk, D).transpose(1, 2)
     v = qkv[..., (H + Hk) * D :].view(B, L, Hk, D).transpose(1, 2)
@@ -42,7 +42,7 @@ def test_self_attention_matches_float64_reference(num_kv_heads, causal):
     mod = MultiHeadAttention(32, 4, num_kv_heads=num_kv_heads, causal=causal).eval()
     x = torch.randn(2, 7, 32)
     lengths = torch.tensor([7, 4])
-    allowed = (torch.arange(7) < lengths.view(2, 1, 1, 1))  # (B, 1, 1, S)
+    allowed = torch.arange(7) < lengths.view(2, 1, 1, 1)  # (B, 1, 1, S)
     if causal:
         allowed = allowed & torch.ones(7, 7, dtype=torch.bool).tril()
     ref, _ = _manual_self_attention(mod, x, allowed=allowed)
@@ -87,8 +87,9 @@ def test_alibi_module_matches_reference():
     x = torch.randn(2, 6, 32)
     pos = torch.arange(6)
     bias = -alibi_slopes(4).view(1, 4, 1, 1) * (pos.view(-1, 1) - pos.view(1, -1)).abs()
-    ref, _ = _manual_self_attention(mod, x, allowed=torch.ones(6, 6, dtype=torch.bool).tril(),
-                                    bias=bias)
+    ref, _ = _manual_self_attention(
+        mod, x, allowed=torch.ones(6, 6, dtype=torch.bool).tril(), bias=bias
+    )
     torch.testing.assert_close(mod(x), ref, **TOL)
 
 
@@ -116,8 +117,9 @@ def test_decoder_fused_equals_explicit():
 @pytest.mark.parametrize("num_kv_heads", [4, 1])
 def test_kv_cache_decoding_equals_full_causal_forward(pos, num_kv_heads):
     torch.manual_seed(6)
-    enc = TransformerEncoder(32, 2, 4, causal=True, pos=pos, num_kv_heads=num_kv_heads,
-                             max_len=64).eval()
+    enc = TransformerEncoder(
+        32, 2, 4, causal=True, pos=pos, num_kv_heads=num_kv_heads, max_len=64
+    ).eval()
     x = torch.randn(2, 10, 32)
     full = enc(x)
     cache = enc.make_cache()
@@ -180,8 +182,14 @@ def test_module_mask_and_call_mask_combine():
 def test_state_dict_names_are_stable():
     enc = TransformerEncoder(16, 2, 2, pos="relative")
     keys = set(enc.state_dict())
-    for k in ("blocks.0.attn.qkv.weight", "blocks.1.attn.proj.bias", "blocks.0.mlp.fc1.weight",
-              "blocks.0.norm1.weight", "norm.weight", "blocks.1.attn.pos.table"):
+    for k in (
+        "blocks.0.attn.qkv.weight",
+        "blocks.1.attn.proj.bias",
+        "blocks.0.mlp.fc1.weight",
+        "blocks.0.norm1.weight",
+        "norm.weight",
+        "blocks.1.attn.pos.table",
+    ):
         assert k in keys
     dec = TransformerDecoder(16, 1, 2)
     assert "blocks.0.cross_attn.kv.weight" in dec.state_dict()

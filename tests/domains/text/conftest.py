@@ -28,7 +28,8 @@ def minilm(minilm_dir):
 def hf_minilm(minilm_dir):
     transformers = pytest.importorskip("transformers")
     return transformers.BertModel.from_pretrained(
-        str(minilm_dir), attn_implementation="eager").eval()
+        str(minilm_dir), attn_implementation="eager"
+    ).eval()
 
 
 @pytest.fixture
@@ -38,9 +39,16 @@ def tiny_bert_dir(tmp_path, minilm_dir, request):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.BertConfig(
-        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=96, max_position_embeddings=128, type_vocab_size=2,
-        hidden_act=getattr(request, "param", "gelu"), attn_implementation="eager")
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=128,
+        type_vocab_size=2,
+        hidden_act=getattr(request, "param", "gelu"),
+        attn_implementation="eager",
+    )
     model = transformers.BertModel(cfg).eval()
     _randomize_norms(model)
     model.save_pretrained(tmp_path)
@@ -55,9 +63,16 @@ def tiny_gpt2_dir(tmp_path, request):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(
-        vocab_size=101, n_embd=64, n_layer=2, n_head=4, n_positions=48, bos_token_id=0,
-        eos_token_id=0, tie_word_embeddings=getattr(request, "param", True),
-        attn_implementation="eager")
+        vocab_size=101,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=48,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=getattr(request, "param", True),
+        attn_implementation="eager",
+    )
     model = transformers.GPT2LMHeadModel(cfg).eval()
     _randomize_norms(model)
     model.save_pretrained(tmp_path)

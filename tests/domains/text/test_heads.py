@@ -22,8 +22,17 @@ from attnlab.domains.text.heads import BEHAVIOURS, HeadScores, score_heads
 def scores() -> HeadScores:
     model = PatternModel(PATTERNS)
     ids, lengths = batch()
-    return score_heads(model, run(model), ids, lengths=lengths, special_ids=[CLS, SEP, PAD],
-                       vocab=(0, VOCAB), induction_len=16, prefix=[CLS], suffix=[SEP])
+    return score_heads(
+        model,
+        run(model),
+        ids,
+        lengths=lengths,
+        special_ids=[CLS, SEP, PAD],
+        vocab=(0, VOCAB),
+        induction_len=16,
+        prefix=[CLS],
+        suffix=[SEP],
+    )
 
 
 def test_known_heads_are_named_by_their_behaviour(scores):
@@ -73,12 +82,12 @@ def test_padding_is_excluded():
     pad = torch.arange(ids.shape[1]) >= lengths[:, None]
     odd[pad] = SEP  # padding that looks like [SEP]: would add sink and same-token weight
     fields = (*BEHAVIOURS.values(), "mean_distance")
-    for other in (score_heads(model, run(model), odd, lengths=lengths, **kw),
-                  score_heads(model, lambda i, m: model(i, m.sum(1)), ids, attention_mask=~pad,
-                              **kw)):
+    for other in (
+        score_heads(model, run(model), odd, lengths=lengths, **kw),
+        score_heads(model, lambda i, m: model(i, m.sum(1)), ids, attention_mask=~pad, **kw),
+    ):
         for f in fields:
-            np.testing.assert_allclose(getattr(other, f), getattr(base, f), atol=1e-5,
-                                       err_msg=f)
+            np.testing.assert_allclose(getattr(other, f), getattr(base, f), atol=1e-5, err_msg=f)
     # a run that leaves padding unmasked: weight on padded keys is removed and rows
     # renormalised; only the next-token head (1, 2) differs, as its last real row puts all its
     # weight on the (unmasked) padding after it and is left out
@@ -96,8 +105,16 @@ def test_padding_is_excluded():
 def test_causal_model():
     model = PatternModel([["prev", "first", "uniform", "induction"]], causal=True)
     ids, lengths = batch()
-    s = score_heads(model, run(model), ids, lengths=lengths, special_ids=[CLS, SEP],
-                    vocab=(3, VOCAB), induction_len=8, prefix=[CLS])
+    s = score_heads(
+        model,
+        run(model),
+        ids,
+        lengths=lengths,
+        special_ids=[CLS, SEP],
+        vocab=(3, VOCAB),
+        induction_len=8,
+        prefix=[CLS],
+    )
     assert s.causal.tolist() == [True]
     assert np.isnan(s.next_token).all()  # 0 by construction: undefined, not a label
     assert s.labels()[0] == [["previous-token", "sink", "broad", "induction"]]
@@ -166,8 +183,14 @@ def test_lazy_equals_dense_on_a_random_encoder():
         return enc(emb(ids), mask=key_padding(lengths))
 
     ids, lengths = batch(1)
-    kw = dict(lengths=lengths, special_ids=[CLS, SEP], vocab=(3, VOCAB), induction_len=10,
-              prefix=[CLS], suffix=[SEP])
+    kw = dict(
+        lengths=lengths,
+        special_ids=[CLS, SEP],
+        vocab=(3, VOCAB),
+        induction_len=10,
+        prefix=[CLS],
+        suffix=[SEP],
+    )
     dense = score_heads(model, fwd, ids, lazy=False, **kw)
     lazy = score_heads(model, fwd, ids, lazy=True, **kw)
     assert dense.shape == (3, 4)

@@ -29,8 +29,13 @@ def hf_bert_outputs(model, ids, lengths, token_type_ids=None):
     """transformers' hidden states and attentions for a right-padded batch."""
     am = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=am, token_type_ids=token_type_ids,
-                     output_attentions=True, output_hidden_states=True)
+        return model(
+            input_ids=ids,
+            attention_mask=am,
+            token_type_ids=token_type_ids,
+            output_attentions=True,
+            output_hidden_states=True,
+        )
 
 
 def _check_bert(ours, theirs, ids, lengths, token_type_ids=None):
@@ -144,8 +149,9 @@ def test_random_bert_folder_matches_transformers(tiny_bert_dir):
 def test_bert_prefix_and_old_layernorm_names_load(tiny_bert_dir):
     folder, ref = tiny_bert_dir
     state = load_file(folder / "model.safetensors")
-    renamed = {"bert." + re.sub(r"LayerNorm\.weight$", "LayerNorm.gamma", k): v
-               for k, v in state.items()}
+    renamed = {
+        "bert." + re.sub(r"LayerNorm\.weight$", "LayerNorm.gamma", k): v for k, v in state.items()
+    }
     save_file(renamed, folder / "model.safetensors")
     ids = torch.tensor([[101, 7592, 2088, 102]])
     _check_bert(load_bert(folder), ref, ids, torch.tensor([4]))
@@ -225,10 +231,12 @@ def test_wrong_shapes_missing_and_unexpected_keys(tiny_bert_dir):
     with pytest.raises(CheckpointError) as e:
         load_encoder(folder)
     msg = str(e.value)
-    for needle in ("k_weight must have shape (64, 64), got (64, 32)",
-                   "encoder.layer.0.intermediate.dense.weight: shape (95, 64)",
-                   "missing in the checkpoint: encoder.layer.1.output.LayerNorm.bias",
-                   "unexpected (unused) checkpoint tensors: cls.predictions.bias"):
+    for needle in (
+        "k_weight must have shape (64, 64), got (64, 32)",
+        "encoder.layer.0.intermediate.dense.weight: shape (95, 64)",
+        "missing in the checkpoint: encoder.layer.1.output.LayerNorm.bias",
+        "unexpected (unused) checkpoint tensors: cls.predictions.bias",
+    ):
         assert needle in msg, msg
 
 
@@ -240,8 +248,10 @@ def test_gpt2_bad_checkpoint_and_config(tiny_gpt2_dir):
     save_file(state, folder / "model.safetensors")
     with pytest.raises(CheckpointError) as e:
         load_causal_lm(folder)
-    for needle in ("h.0.attn.c_attn.weight: shape (64, 96) in the checkpoint, (64, 192) expected",
-                   "lm_head.weight differs from wte.weight"):
+    for needle in (
+        "h.0.attn.c_attn.weight: shape (64, 96) in the checkpoint, (64, 192) expected",
+        "lm_head.weight differs from wte.weight",
+    ):
         assert needle in str(e.value), str(e.value)
     cfg = (folder / "config.json").read_text().replace('"gpt2"', '"llama"')
     (folder / "config.json").write_text(cfg)
