@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from attnlab.bench.harness import torch_threads
+from attnlab.bench.harness import machine_info, torch_threads
 from attnlab.core.timing import time_runs
 
 __all__ = ["main", "keyword_accuracy", "asr_metrics", "head_comparison", "demo_latency"]
@@ -149,9 +147,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
               "word_start_mae_ms": rows[2]["mae_ms"], "demo_ms": rows[4]["time_ms"]}  # fmt: skip
     result = {
         "command": " ".join(["attnlab bench audio", *argv]),
-        "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "cpu_count": os.cpu_count(),
-                    "processor": platform.processor() or platform.machine()},  # fmt: skip
+        "machine": machine_info(),
         "quick": args.quick,
         "rows": rows,
         "targets": {k: {"value": values[k], "target": f"{op} {t}",
