@@ -69,7 +69,7 @@ def distance_plot(distances: Any, unit: str = "pixels", title: str = "") -> View
     for h in range(heads):
         ax.scatter(np.arange(layers), d[:, h], s=18, color=colours[h], label=f"head {h}")
     ax.set_xlabel("layer")
-    ax.set_ylabel(f"mean attention distance ({unit})")
+    ax.set_ylabel(f"mean distance ({unit})")  # the title names it: a short label fits
     ax.set_xticks(range(layers))
     ax.set_title(title or "mean attention distance per head", fontsize=10)
     if heads <= 8:
