@@ -46,3 +46,28 @@ def refusals(
                 except Exception as e:  # noqa: BLE001
                     pytest.fail(f"{name} arg {pos} = {bad!r:.40}: bare {type(e).__name__}: {e}")
     return refused
+
+
+MALFORMED = (None, "", "abc", "12", -1, 2.5, 10**9, float("nan"), float("inf"), [], {}, True,
+             [1, 2], {"a": 1})  # fmt: skip
+
+
+def silent_components(page: gr.Blocks, skip: tuple[str, ...] = ("State",)) -> list[tuple]:
+    """The API layer: every input component of every listener of ``page`` either accepts each
+    malformed payload or raises ``gr.Error`` with a message. Returns the exceptions it did not
+    (listener, component, value, what), to assert empty; ``skip`` names component classes
+    whose payloads Gradio itself checks (e.g. ``File``)."""
+    silent = []
+    for fn in page.fns.values():
+        for comp in fn.inputs:
+            if not hasattr(comp, "preprocess") or type(comp).__name__ in skip:
+                continue
+            for bad in MALFORMED:
+                try:
+                    comp.preprocess(bad)
+                except gr.Error as e:
+                    if not str(e.message).strip():
+                        silent.append((fn.api_name, comp.label, bad, "empty"))
+                except Exception as e:  # noqa: BLE001 - what we are hunting
+                    silent.append((fn.api_name, comp.label, bad, f"{type(e).__name__}: {e}"))
+    return silent
