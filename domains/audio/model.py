@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.core.blocks import TransformerDecoder, TransformerEncoder
+from attnlab.core.config_checks import check_sizes
 from attnlab.core.kv_cache import DecoderLayerCache
 from attnlab.core.layout import SpectrogramLayout
 from attnlab.core.registry import register
@@ -43,13 +44,6 @@ __all__ = ["KeywordConfig", "KeywordTransformer", "SpeechConfig", "SpeechSeq2Seq
 IGNORE = -100
 #: the character vocabulary of the shipped speech model: specials, space, apostrophe, a..z
 CHARS = ["<pad>", "<sot>", "<eot>", " ", "'", *"abcdefghijklmnopqrstuvwxyz"]
-
-
-def _check_ints(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -84,7 +78,7 @@ class KeywordConfig:
     stem: str = "linear"
 
     def __post_init__(self) -> None:
-        _check_ints(self, "n_mels", "frames", "dim", "depth", "num_heads")
+        check_sizes(self, "n_mels", "frames", "dim", "depth", "num_heads")
         if self.stem not in ("linear", "conv"):
             raise ValueError(f"stem must be 'linear' or 'conv', got {self.stem!r}")
         object.__setattr__(self, "patch_size", [int(p) for p in self.patch_size])
@@ -95,8 +89,6 @@ class KeywordConfig:
                              f"n_mels={self.n_mels} and fit frames={self.frames}")  # fmt: skip
         if len(self.labels) < 2:
             raise ValueError("labels needs at least two classes")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim={self.dim} must be divisible by num_heads={self.num_heads}")
 
     @property
     def num_bands(self) -> int:
@@ -214,10 +206,8 @@ class SpeechConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
-        _check_ints(self, "n_mels", "dim", "enc_depth", "dec_depth", "num_heads", "max_frames",
+        check_sizes(self, "n_mels", "dim", "enc_depth", "dec_depth", "num_heads", "max_frames",
                     "max_len", "vocab_size", "alignment_medfilt")  # fmt: skip
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim={self.dim} must be divisible by num_heads={self.num_heads}")
         if self.vocab is not None and len(self.vocab) != self.vocab_size:
             raise ValueError(f"vocab has {len(self.vocab)} tokens but vocab_size={self.vocab_size}")
         heads = [list(map(int, h)) for h in self.alignment_heads]

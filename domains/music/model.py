@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.core.blocks import TransformerEncoder
+from attnlab.core.config_checks import check_sizes
 from attnlab.core.kv_cache import KVCache
 from attnlab.core.lm import check_token_ids, init_gpt2_weights, token_loss
 from attnlab.core.positional import LearnedPositionalEmbedding
@@ -68,12 +69,7 @@ class MusicConfig:
         return self.dim // self.num_heads
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "dim", "depth", "num_heads", "max_len", "rel_window"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim={self.dim} must be divisible by num_heads={self.num_heads}")
+        check_sizes(self, "vocab_size", "dim", "depth", "num_heads", "max_len", "rel_window")
         if self.mlp_ratio < 0:
             raise ValueError(f"mlp_ratio must be >= 0, got {self.mlp_ratio}")
         if not 0 <= self.dropout < 1:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.core.blocks import TransformerEncoder
+from attnlab.core.config_checks import check_sizes
 from attnlab.core.layout import PatchLayout
 from attnlab.core.registry import register
 
@@ -105,15 +106,10 @@ class ViTConfig:
         return int(self.class_token) + self.reg_tokens
 
     def __post_init__(self) -> None:
-        for name in ("in_chans", "num_classes", "dim", "depth", "num_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_sizes(self, "in_chans", "num_classes", "dim", "depth", "num_heads")
         (h, w), (ph, pw) = self.image_hw, self.patch_hw
         if h % ph or w % pw:
             raise ValueError(f"patch_size {(ph, pw)} must divide img_size {(h, w)}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim={self.dim} must be divisible by num_heads={self.num_heads}")
         if not isinstance(self.reg_tokens, int) or self.reg_tokens < 0:
             raise ValueError(f"reg_tokens must be an int >= 0, got {self.reg_tokens!r}")
         if self.global_pool not in POOLS:
