@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlab.bench.harness import machine_info, torch_threads
+from attnlab.bench.harness import machine_info, run_suite
 from attnlab.core.timing import time_runs
 
 __all__ = ["main", "keyword_accuracy", "asr_metrics", "head_comparison", "demo_latency"]
@@ -117,14 +117,9 @@ def demo_latency(rounds: int = 5) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="attnlab bench audio", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="a few clips only (a smoke run)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=str(RESULTS / "audio.json"))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = p.parse_args(argv)
-    with torch_threads(args.threads):
-        return _run(args, argv)
+    return run_suite(
+        argv, "audio", __doc__, "a few clips only (a smoke run)", RESULTS / "audio.json", _run
+    )
 
 
 def _check(value: float, op: str, target: float) -> bool:

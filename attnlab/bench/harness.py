@@ -10,16 +10,19 @@ Run alone (``attnlab bench harness``) it prints the matmul rate.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
 from attnlab.core.timing import measure
 
-__all__ = ["matmul_gflops", "torch_threads", "machine_info", "main"]
+__all__ = ["matmul_gflops", "torch_threads", "machine_info", "run_suite", "main"]
 
 
 @contextlib.contextmanager
@@ -48,6 +51,28 @@ def machine_info(**extra) -> dict:
         else "glibc defaults (ATTNLAB_KEEP_FREED=0)",
         **extra,
     }  # fmt: skip
+
+
+def run_suite(
+    argv: list[str] | None,
+    name: str,
+    doc: str,
+    quick_help: str,
+    out: Path,
+    run: Callable[[argparse.Namespace, list[str]], int],
+) -> int:
+    """The command line every domain suite shares: ``attnlab bench NAME [--quick] [--threads N]
+    [--out FILE]``; calls ``run(args, argv)`` with that many torch threads (argv for the
+    result's ``command``)."""
+    p = argparse.ArgumentParser(prog=f"attnlab bench {name}", description=doc.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads for this run (default: torch's)")  # fmt: skip
+    p.add_argument("--out", default=str(out))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv)
+    with torch_threads(args.threads):
+        return run(args, argv)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

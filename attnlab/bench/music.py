@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.bench.harness import machine_info, torch_threads
+from attnlab.bench.harness import machine_info, run_suite
 from attnlab.core import registry
 from attnlab.core.timing import Measurement, peak_bytes, time_runs
 
@@ -209,14 +209,14 @@ def _line(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="attnlab bench music", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="small lengths, few runs (a smoke run)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=str(RESULTS / "music.json"))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = p.parse_args(argv)
-    with torch_threads(args.threads):
-        return _run(args, argv)
+    return run_suite(
+        argv,
+        "music",
+        __doc__,
+        "small lengths, few runs (a smoke run)",
+        RESULTS / "music.json",
+        _run,
+    )
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.bench.harness import machine_info, torch_threads
+from attnlab.bench.harness import machine_info, run_suite
 from attnlab.core.capture import record_attention
 from attnlab.core.timing import Measurement, time_runs
 
@@ -223,20 +223,14 @@ def _line(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="attnlab bench text", description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="one round of 2 runs per call, no gallery row (a smoke run)",
+    return run_suite(
+        argv,
+        "text",
+        __doc__,
+        "one round of 2 runs per call, no gallery row (a smoke run)",
+        RESULTS / "text.json",
+        _run,
     )
-    p.add_argument(
-        "--threads", type=int, default=0, help="torch threads for this run (default: torch's)"
-    )
-    p.add_argument("--out", default=str(RESULTS / "text.json"))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = p.parse_args(argv)
-    with torch_threads(args.threads):
-        return _run(args, argv)
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
