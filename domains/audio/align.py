@@ -16,6 +16,7 @@ while the error of their average keeps falling.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,12 @@ class AlignItem:
     def spans(self) -> list[tuple[int, int]]:
         """[first, after last) index of each word's tokens in :meth:`tokens`."""
         return _join(self.word_tokens, self.separator)[1]
+
+    @functools.cached_property
+    def onset(self) -> int:
+        """The encoder position where speech starts (:func:`speech_onset`), computed once:
+        head discovery scores every head on the same clips."""
+        return speech_onset(self.spec, self.frames)
 
     @property
     def positions(self) -> int:
@@ -297,7 +304,7 @@ def _errors(model: nn.Module, items: list[AlignItem], atts: list[Tensor],
         times, _, _ = _word_times(w, len(prefix), it.spans(), it.positions,
                                   model.config.seconds_per_position,
                                   medfilt=_medfilt(model) if medfilt is None else medfilt,
-                                  onset=speech_onset(it.spec, it.frames))  # fmt: skip
+                                  onset=it.onset)  # fmt: skip
         errs += [abs(s - t) for (s, _), t in zip(times, it.starts, strict=True)]
     return np.array(errs)
 
