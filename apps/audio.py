@@ -158,12 +158,12 @@ def analyse(state: Any, attention: Any) -> tuple[Any, dict, str, Any, Any, str]:
     if tr.matrix.size:
         align = alignment_view(tr.matrix, tr.tokens, spp, path=tr.path, offset=tr.offset,
                                title="cross-attention of the alignment heads "
-                                     f"{tr.heads} (standardised, filtered)")  # fmt: skip
+                                     f"{tr.heads} (standardised, filtered)").image  # fmt: skip
     else:
         align = None
     timeline = word_timeline(
         wave, 16000, tr.words, truth, title=f"“{tr.text}”" if tr.text else "no words recognised"
-    )
+    ).image
     top = dict(sorted(kw.probs.items(), key=lambda kv: -kv[1])[:5])
     return over, top, tr.text, align, timeline, _words_table(tr.words, truth)
 

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from attnlab.core.layout import PatchLayout, SpectrogramLayout
 
-from attnlab.core.layout import PatchLayout, SpectrogramLayout  # noqa: E402
-
-from .colors import colorbar_image, colorize, font, normalize  # noqa: E402
-from .export import View, figure_svg, raster_svg  # noqa: E402
-from .heatmap import shared_cmap  # noqa: E402
-from .plots import figure_to_image  # noqa: E402
-from .reduce import as_array  # noqa: E402
+from .canvas import Canvas
+from .colors import colorbar_image, colorize, font, normalize
+from .export import View, raster_svg
+from .reduce import as_array
 
 __all__ = ["image_overlay", "spectrogram_overlay", "upsample_grid"]
 
@@ -179,52 +174,49 @@ def spectrogram_overlay(
     times = layout.frame_times()
     t0 = 0.0
     t1 = ((layout.num_frames - 1) * layout.hop + layout.win) / layout.sample_rate
-    if freqs is not None:
-        fr = as_array(freqs, "freqs")
-        y0, y1, ylabel = float(fr[0]), float(fr[-1]), "frequency (Hz)"
-    else:
-        y0, y1, ylabel = 0.0, float(n_bins), "bin"
     _, lo, hi = normalize(cells, 0.0, None)
     prefix, _ = layout.split_prefix(w)
     names = [layout.describe(i)["label"] for i in range(layout.num_prefix)]
+    head = title
+    if prefix.size:
+        head += ("  " if head else "") + "prefix " + ", ".join(
+            f"{n} {v:.2f}" for n, v in zip(names, prefix, strict=True))  # fmt: skip
 
-    def build() -> plt.Figure:
-        fig, (ax, axp) = plt.subplots(2, 1, figsize=size, dpi=dpi, sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1]})  # fmt: skip
-        ext = (t0, t1, y0, y1)
-        ax.imshow(spec, origin="lower", aspect="auto", cmap="gray", extent=ext,
-                  interpolation="nearest")  # fmt: skip
-        rel = np.clip(cells / max(hi, 1e-12), 0, 1)
-        im = ax.imshow(cells, origin="lower", aspect="auto", cmap=shared_cmap(), extent=ext,
-                       vmin=lo, vmax=hi, alpha=alpha * rel, interpolation="bilinear")  # fmt: skip
-        ax.set_ylabel(ylabel)
-        head = title
-        if prefix.size:
-            head += (
-                ("  " if head else "")
-                + "prefix "
-                + ", ".join(f"{n} {v:.2f}" for n, v in zip(names, prefix, strict=True))
-            )
-        if head:
-            ax.set_title(head, fontsize=10)
-        cb = fig.colorbar(im, ax=[ax, axp], fraction=0.04, pad=0.02)
-        cb.set_label("attention weight (token)")
-        axp.fill_between(times, profile, step="mid", color="#21918c", alpha=0.8)
-        axp.set_ylabel("weight / frame", fontsize=9)
-        axp.set_xlabel("time (s)")
-        axp.set_xlim(t0, t1)
-        axp.set_ylim(0, max(float(profile.max()), 1e-12) * 1.1)
-        axp.grid(True, alpha=0.3)
-        return fig
-
-    return View(
-        image=figure_to_image(build(), dpi=dpi),
-        data={
+    W, H = round(size[0] * dpi), round(size[1] * dpi)
+    cv = Canvas(W, H)
+    left, right = 64, W - 96
+    split = round((H - 46) * 0.72)
+    ax = cv.panel((left, 28, right, split), (t0, t1), (0.0, float(n_bins)))
+    grey, _, _ = normalize(spec[::-1])  # rows top to bottom: highest bin first
+    g = (grey * 255 + 0.5).astype(np.uint8)
+    ax.image(np.repeat(g[..., None], 3, axis=-1))
+    rel = np.clip(cells / max(hi, 1e-12), 0, 1)[::-1]
+    ax.image(colorize(cells[::-1], lo, hi), alpha=alpha * rel)
+    ax.frame()
+    if freqs is not None:
+        fr = as_array(freqs, "freqs").reshape(-1)
+        if fr.size != n_bins:
+            raise ValueError(f"freqs has {fr.size} values for {n_bins} bins")
+        picks = np.unique(np.linspace(0, n_bins - 1, 6).round().astype(int))
+        ax.yaxis("frequency (Hz)", [(b + 0.5, f"{fr[b]:.0f}") for b in picks])
+    else:
+        ax.yaxis("bin")
+    if head:
+        ax.title(head, 11)
+    axp = cv.panel((left, split + 10, right, H - 40), (t0, t1),
+                   (0.0, max(float(profile.max()), 1e-12) * 1.1))  # fmt: skip
+    axp.frame(grid_x=True, grid_y=True)
+    axp.fill_under(times, profile, "#21918c", 0.8)
+    axp.frame()
+    axp.yaxis("weight / frame", most=3, size=9)
+    axp.xaxis("time (s)")
+    cv.colorbar(right + 12, 28, H - 68, lo, hi, "attention weight (token)")
+    return cv.view(
+        "spectrogram_overlay",
+        {
             "cells": cells.astype(np.float32),
             "profile": profile.astype(np.float32),
             "times": times.astype(np.float32),
             "prefix": prefix,
-        },  # fmt: skip
-        svg_fn=lambda: figure_svg(build()),
-        kind="spectrogram_overlay",
+        },
     )

@@ -33,7 +33,7 @@ from .speech import synthesize, voice_variants
 
 __all__ = ["SAMPLE_RATE", "N_MELS", "HOP", "WIN", "KEYWORDS", "TEST_VARIANTS", "MIN_SECONDS",
            "MAX_SECONDS", "AUDIO_SUFFIXES", "read_audio", "prepare", "log_mel", "spec_augment",
-           "augment", "Clips", "speech_clips", "split_variants", "KeywordSet", "SequenceSet",
+           "augment", "speed_perturb", "warp_frequencies", "Clips", "speech_clips", "split_variants", "KeywordSet", "SequenceSet",
            "folder_clips", "cache_dir"]  # fmt: skip
 
 SAMPLE_RATE = 16000
@@ -220,6 +220,47 @@ def augment(x: Tensor, rng: random.Random) -> Tensor:
     return ((x + noise) * gain).clamp(-1.0, 1.0)
 
 
+#: the speed factors of :func:`speed_perturb` (a fixed set, so each resampler is built once)
+SPEEDS = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
+
+
+@functools.cache
+def _resampler(factor: float):
+    import torchaudio
+
+    # playing n samples in n / factor: resample from rate * factor down to rate
+    return torchaudio.transforms.Resample(round(SAMPLE_RATE * factor), SAMPLE_RATE,
+                                          lowpass_filter_width=8)  # fmt: skip
+
+
+def speed_perturb(x: Tensor, rng: random.Random, speeds: tuple[float, ...] = SPEEDS) -> Tensor:
+    """Speed perturbation (Ko et al. 2015): ``x`` played ``factor`` times faster, one of
+    ``speeds`` drawn by ``rng``; pitch, formants and tempo all move together, the cheapest
+    imitation of another speaker."""
+    factor = rng.choice(speeds)
+    if factor == 1.0:
+        return x
+    with torch.no_grad():
+        return _resampler(factor)(x)
+
+
+def warp_frequencies(spec: Tensor, alpha: float) -> Tensor:
+    """Vocal-tract-length perturbation (Jaitly & Hinton 2013) on a (n_mels, frames) log-mel:
+    every frequency f is moved to ``alpha * f`` (alpha > 1: a shorter vocal tract), by linear
+    interpolation between the mel bands' centre frequencies."""
+    centres = torch.from_numpy(_band_centres())
+    src = (centres / alpha).clamp(centres[0], centres[-1])  # where band j reads from
+    hi = torch.searchsorted(centres, src).clamp(1, len(centres) - 1)
+    lo = hi - 1
+    w = ((src - centres[lo]) / (centres[hi] - centres[lo])).clamp(0, 1)[:, None]
+    return spec[lo] * (1 - w) + spec[hi] * w
+
+
+@functools.cache
+def _band_centres() -> np.ndarray:
+    return mel_frequencies().astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------
 # corpus
 # ------------------------------------------------------------------------------------------
@@ -359,11 +400,16 @@ class KeywordSet(Dataset):
         seconds: clip length the model hears (crop or pad).
         train: draw placement, noise, gain and SpecAugment per read (seeded by index and
             epoch-free ``seed``); held-out sets get noise and gain from a fixed seed.
+        speed: training only: speed perturbation (:func:`speed_perturb`) on every read.
+        warp: training only: a vocal-tract-length warp of the frequencies by a factor drawn
+            from 1 +- ``warp`` (:func:`warp_frequencies`); 0 turns it off.
     """
 
     def __init__(self, clips: Clips, labels: tuple[str, ...], seconds: float = 1.0,
-                 train: bool = True, seed: int = 0):  # fmt: skip
+                 train: bool = True, seed: int = 0, speed: bool = False,
+                 warp: float = 0.0):  # fmt: skip
         self.clips, self.labels, self.train, self.seed = clips, tuple(labels), train, seed
+        self.speed, self.warp = speed, float(warp)
         self.n = int(seconds * SAMPLE_RATE)
         index = {w: i for i, w in enumerate(self.labels)}
         missing = sorted({t for t in clips.texts if t not in index})
@@ -378,10 +424,15 @@ class KeywordSet(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         self.calls += 1
         rng = random.Random(f"{self.seed}/{i}/{self.calls if self.train else 0}")
-        x, _ = _fit(self.clips.wave(i), self.n, rng if self.train else None)
+        x = self.clips.wave(i)
+        if self.train and self.speed:
+            x = speed_perturb(x, rng)
+        x, _ = _fit(x, self.n, rng if self.train else None)
         x = augment(x, rng)
         spec = log_mel(x)
         if self.train:
+            if self.warp:
+                spec = warp_frequencies(spec, rng.uniform(1 - self.warp, 1 + self.warp))
             spec = spec_augment(spec, rng)
         return {"spec": spec, "label": torch.tensor(self.y[i])}
 

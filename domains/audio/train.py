@@ -136,7 +136,8 @@ def _own(args: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     return {k: args.get(k, v) for k, v in defaults.items()}
 
 
-_KWS = {"num_train": 12000, "num_eval": 600, "seconds": 1.0, "path": ""}
+_KWS = {"num_train": 12000, "num_eval": 600, "seconds": 1.0, "path": "", "speed": False,
+        "warp": 0.0}  # fmt: skip
 
 
 @register_recipe(
@@ -172,7 +173,8 @@ def kws_recipe(cfg: TrainConfig) -> RecipeParts:
         labels = list(KEYWORDS)
     frames = frames_for(a["seconds"])
     model = create(cfg.model, **{"labels": labels, "frames": frames, **cfg.model_args})
-    train_set = KeywordSet(train_clips, tuple(labels), a["seconds"], train=True, seed=cfg.seed)
+    train_set = KeywordSet(train_clips, tuple(labels), a["seconds"], train=True, seed=cfg.seed,
+                           speed=bool(a["speed"]), warp=a["warp"])  # fmt: skip
     eval_set = KeywordSet(test_clips, tuple(labels), a["seconds"], train=False, seed=cfg.seed + 1)
     return RecipeParts(model, train_set, eval_set)
 

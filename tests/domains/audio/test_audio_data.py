@@ -133,3 +133,30 @@ def test_spec_augment_masks_whole_bands_and_spans():
     rows = torch.nonzero(changed).flatten()
     assert 0 < len(rows) <= 10 and (rows.diff() == 1).all()
     assert torch.equal(out[~changed], spec[~changed])
+
+
+@pytest.mark.parametrize("factor", [f for f in D.SPEEDS if f != 1.0])
+def test_speed_perturbation_moves_a_tone_and_its_length(factor):
+    import random
+
+    class Pick(random.Random):
+        def choice(self, seq):
+            return factor
+
+    x = _tone(500.0, 16000, seconds=1.0)
+    y = D.speed_perturb(x, Pick(0))
+    assert abs(len(y) - 16000 / factor) <= 2  # played faster: shorter
+    assert abs(_peak_hz(y, 16000) - 500.0 * factor) < 6.0  # and higher
+    assert D.speed_perturb(x, random.Random(0), speeds=(1.0,)) is x
+
+
+def test_frequency_warp_moves_a_tone_along_the_mel_axis():
+    freqs = D.mel_frequencies()
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ()).item()))
+    f0 = float(rng.uniform(400, 3000))
+    spec = D.log_mel(_tone(f0, 16000))
+    assert torch.equal(D.warp_frequencies(spec, 1.0), spec)
+    for alpha in (0.9, 1.12):
+        band = int(D.warp_frequencies(spec, alpha).mean(1).argmax())
+        want = int(np.abs(freqs - f0 * alpha).argmin())
+        assert abs(band - want) <= 1, (f0, alpha, band, want)
