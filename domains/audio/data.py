@@ -33,8 +33,8 @@ from .speech import synthesize, voice_variants
 
 __all__ = ["SAMPLE_RATE", "N_MELS", "HOP", "WIN", "KEYWORDS", "TEST_VARIANTS", "MIN_SECONDS",
            "MAX_SECONDS", "AUDIO_SUFFIXES", "read_audio", "prepare", "log_mel", "spec_augment",
-           "augment", "speed_perturb", "warp_frequencies", "Clips", "speech_clips", "split_variants", "KeywordSet", "SequenceSet",
-           "folder_clips", "cache_dir"]  # fmt: skip
+           "augment", "speed_perturb", "warp_frequencies", "Clips", "speech_clips",
+           "split_variants", "KeywordSet", "SequenceSet", "folder_clips", "cache_dir"]  # fmt: skip
 
 SAMPLE_RATE = 16000
 N_MELS = 80
