@@ -37,3 +37,14 @@ def test_quick_run_writes_rows_and_targets(tmp_path):
     )
     assert rows["demo"]["time_ms"] > 0 and 1.0 < rows["demo"]["clip_s"] < 3.0
     assert set(res["targets"]) == {"kws_acc", "cer", "word_start_mae_ms", "demo_ms"}
+
+
+@pytest.mark.skipif("audio/kws" not in set(list_weights()),
+                    reason="the shipped audio weights are not in this checkout")  # fmt: skip
+def test_other_draws_hear_fresh_held_out_voices():
+    from attnlab.domains.audio.infer import keyword_model
+
+    row = ba.other_draws(keyword_model(), seeds=(11, 12), n=20)
+    assert row["case"] == "kws_other_draws" and row["n_each"] == 20
+    assert len(row["acc"]) == 2 and row["min_acc"] == min(row["acc"])
+    assert row["min_acc"] >= 0.7  # the shipped spotter scores ~0.96 on such draws

@@ -136,7 +136,7 @@ def _own(args: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     return {k: args.get(k, v) for k, v in defaults.items()}
 
 
-_KWS = {"num_train": 12000, "num_eval": 600, "seconds": 1.0, "path": "", "speed": False,
+_KWS = {"num_train": 30000, "num_eval": 600, "seconds": 1.0, "path": "", "speed": False,
         "warp": 0.0}  # fmt: skip
 
 
@@ -148,12 +148,13 @@ _KWS = {"num_train": 12000, "num_eval": 600, "seconds": 1.0, "path": "", "speed"
     ),
     defaults=TrainConfig(
         model="audio_kws",
+        model_args={"stem": "conv"},
         data="espeak-keywords",
         data_args=dict(_KWS),
         lr=2e-3,
         weight_decay=0.05,
         warmup_steps=100,
-        steps=7000,
+        steps=10000,
         batch_size=32,
         log_every=50,
         eval_every=500,
