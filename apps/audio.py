@@ -196,8 +196,8 @@ def build() -> gr.Blocks:
         playback = gr.Audio(label="Playback", interactive=False)
         with gr.Row():
             spec_img = gr.Image(label="Log-mel with the keyword spotter's attention", type="pil",
-                                    elem_id="audio-spec")  # fmt: skip
-            probs = gr.Label(label="Keyword", num_top_classes=5)
+                                elem_id="audio-spec", scale=3)  # fmt: skip
+            probs = gr.Label(label="Keyword", num_top_classes=5, scale=1)
         text = gr.Textbox(label="Transcription", interactive=False, elem_id="audio-text")
         align_img = gr.Image(label="Cross-attention alignment (tokens x time)", type="pil")
         time_img = gr.Image(label="Word timestamps on the waveform", type="pil",
