@@ -165,7 +165,13 @@ def analyse(state: Any, attention: Any) -> tuple[Any, dict, str, Any, Any, str]:
         wave, 16000, tr.words, truth, title=f"“{tr.text}”" if tr.text else "no words recognised"
     ).image
     top = dict(sorted(kw.probs.items(), key=lambda kv: -kv[1])[:5])
-    return over, top, tr.text, align, timeline, _words_table(tr.words, truth)
+    table = _words_table(tr.words, truth)
+    if len(tr.words) > 1:
+        heard = (keyword_model().config.frames - 1) * 160 / 16000  # the spotter's window
+        table += (f"\n\n*The keyword spotter names one of its {len(kw.probs)} words for the "
+                  f"loudest {heard:g} s ({kw.offset:.2f}–{kw.offset + heard:.2f} s); this clip "
+                  f"holds {len(tr.words)} words: speak one keyword alone to test it.*")  # fmt: skip
+    return over, top, tr.text, align, timeline, table
 
 
 def build() -> gr.Blocks:

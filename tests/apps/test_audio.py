@@ -61,6 +61,7 @@ def test_spoken_phrase_goes_through_both_models(models, tmp_path):
 
         assert len(text.split()) == 3 and char_error_rate([text], ["three seven two"]) < 0.5
         assert "true start" in table and "Mean word-start error" in table
+        assert "this clip holds 3 words" in table  # the spotter's one-word answer explained
         assert isinstance(align, Image.Image)
     over2 = AU.analyse(state, AU.ATTENTION_KINDS[1])[0]
     assert not np.array_equal(np.asarray(over), np.asarray(over2))  # rollout differs
