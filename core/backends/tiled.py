@@ -81,10 +81,12 @@ def _expand_heads(t: Tensor, groups: int) -> Tensor:
 class _Blocks:
     """A (B, H, N, D) tensor sliced along N at block boundaries.
 
-    Under autograd, a slice's backward allocates a zero gradient of the whole tensor, once per
-    slice: with many calls that is O(L^2) memory traffic. Spans are therefore assembled from one
-    ``split`` of the tensor, whose backward concatenates the pieces' gradients once. Without
-    autograd, spans are plain views.
+    Spans are views, never copies: the fused kernel keeps its inputs for backward, so a copied
+    span would stay alive until backward -- with causal rows (row r reads blocks 0..r) that was
+    O(L^2) memory. Under autograd, one-block spans come from one ``split`` of the tensor (whose
+    backward concatenates the pieces' gradients once); longer spans are slices, whose backward
+    writes a zero-padded gradient of the whole tensor: one O(S) pass per call, about 1/block of
+    the attention's own work.
     """
 
     def __init__(self, t: Tensor, block: int):
@@ -100,7 +102,7 @@ class _Blocks:
         if self.pieces is None:
             return self.t[:, :, a:b]
         i, j = a // self.block, -(-b // self.block)
-        return self.pieces[i] if j - i == 1 else torch.cat(self.pieces[i:j], dim=2)
+        return self.pieces[i] if j - i == 1 else self.t[:, :, a:b]
 
 
 def _gather_keys(t: _Blocks, keys: list[tuple[int, int]], groups: int) -> Tensor:
