@@ -97,3 +97,26 @@ def test_attention_case_alone_then_memory_only(tmp_path):
             r["peak_mem_mb"]
             == bc.measure_case(r["backend"], "causal", 256, r["pass"], None, 1)["peak_mem_mb"]
         )
+
+
+def test_a_subset_re_measure_replaces_its_rows_and_keeps_the_others(tmp_path):
+    out = tmp_path / "core.json"
+    first = "--only attention --max-len 256 --backends sdpa,tiled --masks causal --no-memory"
+    assert bc.main([*first.split(), "--out", str(out)]) == 0
+    before = json.loads(out.read_text())
+    again = "--only attention --max-len 256 --backends tiled --masks causal,prefix_lm --no-memory"
+    assert bc.main([*again.split(), "--out", str(out)]) == 0
+    after = json.loads(out.read_text())
+    keys = [(r["backend"], r["mask"], r["pass"]) for r in after["rows"]]
+    assert len(keys) == len(set(keys))  # each (backend, mask, pass, L) once
+    old = {(r["backend"], r["mask"], r["pass"]): r for r in before["rows"]}
+    for r in after["rows"]:
+        if r["backend"] == "sdpa":  # not re-measured: kept as it was
+            assert r == old[("sdpa", r["mask"], r["pass"])]
+    assert {k for k in keys if k[0] == "tiled"} == {
+        ("tiled", m, p) for m in ("causal", "prefix_lm") for p in ("fwd", "fwdbwd")
+    }
+    assert after["command"] == before["command"]  # the base run's command stays
+    (log,) = after["remeasured"]
+    assert log["command"] == "attnlab bench core " + again + f" --out {out}"
+    assert log["rows"] == 4

@@ -442,20 +442,19 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         ceiling = matmul_gflops()
         print(f"threads={threads}  2048^3 matmul: {ceiling:.1f} GFLOP/s")
         rows, flex_compile = attention_rows(args)
-        result.pop("note", None)  # a note on how older rows were made no longer holds
-        result.update(
-            machine={
-                **machine,
-                "matmul_2048_gflops": round(ceiling, 1),
-                "B": B,
-                "H": H,
-                "D": D,
-                "dtype": "float32",
-            },
-            flex_compile_s=flex_compile,
-            rows=rows,
-            command=command,
-        )
+        measured = {
+            "machine": {**machine, "matmul_2048_gflops": round(ceiling, 1), "B": B, "H": H,
+                        "D": D, "dtype": "float32"},
+            "flex_compile_s": flex_compile,
+            "rows": rows,
+            "command": command,
+        }  # fmt: skip
+        if _subset(args) and result.get("rows"):
+            result.update(merge_rows(result, measured))
+        else:
+            result.pop("note", None)  # a note on how older rows were made no longer holds
+            result.pop("remeasured", None)
+            result.update(measured)
         print(_table(rows))
     if "linear_error" in only:
         result["linear_error"] = linear_error()
@@ -485,6 +484,37 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if "attention" in only:
         _plot(result["rows"], out)
     return 0
+
+
+def _key(row: dict) -> tuple:
+    return row["backend"], row["mask"], row["pass"], row["L"]
+
+
+def _subset(args: argparse.Namespace) -> bool:
+    """Whether the attention case measures only part of the full grid."""
+    return (
+        set(args.backends.split(",")) != set(BACKENDS)
+        or set(args.masks.split(",")) != set(MASKS)
+        or args.max_len < 16384
+        or args.quick
+    )
+
+
+def merge_rows(old: dict, new: dict) -> dict:
+    """The attention results of a subset re-measure merged into a full run's: rows with the same
+    (backend, mask, pass, L) replaced, the others kept, and each re-measure listed (command,
+    machine, rows replaced) under ``remeasured``. Every ratio compares rows of one run."""
+    fresh = {_key(r) for r in new["rows"]}
+    kept = [r for r in old["rows"] if _key(r) not in fresh]
+    order = {k: i for i, k in enumerate(_key(r) for r in old["rows"])}
+    rows = sorted(kept + new["rows"], key=lambda r: order.get(_key(r), len(order)))
+    this = {"command": new["command"], "machine": new["machine"], "rows": len(new["rows"])}
+    log = [*old.get("remeasured", []), this]
+    return {
+        "rows": rows,
+        "flex_compile_s": {**old.get("flex_compile_s", {}), **new["flex_compile_s"]},
+        "remeasured": log,
+    }
 
 
 def _refresh_memory(out: Path, command: str) -> int:
