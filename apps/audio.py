@@ -181,7 +181,8 @@ def build() -> gr.Blocks:
             "## Audio\nRecord, upload (wav, flac, ogg, mp3; up to 10 MB, 0.1 to 30 s) or type a "
             "phrase for eSpeak NG. The keyword spotter knows 20 words (zero..nine, yes, no, up, "
             "down, left, right, on, off, stop, go); the recogniser reads sequences of them, up "
-            "to 3 s of speech. Word times come from the recogniser's cross-attention."
+            "to 3 s of speech. Word times come from the recogniser's cross-attention. Both "
+            "learnt from synthetic speech only: other sounds still come out as their words."
         )
         state = gr.State(None)
         with gr.Row():
