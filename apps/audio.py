@@ -168,7 +168,8 @@ def analyse(state: Any, attention: Any) -> tuple[Any, dict, str, Any, Any, str]:
     table = _words_table(tr.words, truth)
     if len(tr.words) > 1:
         heard = (keyword_model().config.frames - 1) * 160 / 16000  # the spotter's window
-        table += (f"\n\n*The keyword spotter names one of its {len(kw.probs)} words for the "
+        n = sum(not w.startswith("_") for w in kw.probs)  # the keywords, not _unknown_ etc.
+        table += (f"\n\n*The keyword spotter names one of its {n} keywords for the "
                   f"loudest {heard:g} s ({kw.offset:.2f}–{kw.offset + heard:.2f} s); this clip "
                   f"holds {len(tr.words)} words: speak one keyword alone to test it.*")  # fmt: skip
     return over, top, tr.text, align, timeline, table

@@ -25,7 +25,14 @@ def test_quick_run_writes_rows_and_targets(tmp_path):
     assert res["command"] == f"attnlab bench audio --quick --threads 1 --out {out}"
     assert res["quick"] is True and res["machine"]["threads"] == 1
     rows = {r["case"]: r for r in res["rows"]}
-    assert list(rows) == ["kws", "asr", "word_starts", "heads", "demo"]
+    assert list(rows) == ["kws", "asr", "word_starts", "heads", "demo", "other_sounds"]
+    other = rows["other_sounds"]  # numbers only for a spotter with those two classes
+    from attnlab.domains.audio.infer import keyword_model
+
+    extra = {"_unknown_", "_silence_"} <= set(keyword_model().config.labels)
+    assert ("skipped" in other) != extra
+    for name in ("unknown", "silence") if extra else ():
+        assert 0 <= other[f"{name}_recall"] <= 1 - other[f"{name}_as_keyword"] + 1e-9
     assert 0 <= rows["kws"]["acc"] <= 1 and rows["kws"]["n"] == 40
     assert 0 <= rows["asr"]["cer"] and rows["asr"]["n"] == 8
     ws = rows["word_starts"]

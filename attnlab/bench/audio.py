@@ -8,6 +8,9 @@ Rows:
 - ``kws_other_draws``: the same accuracy on three more draws of the held-out voices (seeds 1..3,
   600 clips each): new words, rates, pitches and noise, so that one lucky draw cannot pass the
   target alone.
+- ``other_sounds``: words that are no keyword (12 words never heard in training, held-out
+  voices) and background noise alone: the share named ``_unknown_`` / ``_silence_``, and the
+  share taken for a keyword.
 - ``asr``: character error rate of ``weights/audio/asr`` (greedy decoding) on the sequence test
   split. Target <= 0.05.
 - ``word_starts``: word-start error (mean, median, 90th percentile, ms) of the shipped
@@ -36,8 +39,8 @@ import torch
 from attnlab.bench.harness import machine_info, run_suite
 from attnlab.core.timing import time_runs
 
-__all__ = ["main", "keyword_accuracy", "other_draws", "asr_metrics", "head_comparison",
-           "demo_latency"]  # fmt: skip
+__all__ = ["main", "keyword_accuracy", "other_sounds", "other_draws", "asr_metrics",
+           "head_comparison", "demo_latency"]  # fmt: skip
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"kws_acc": (">=", 0.95), "cer": ("<=", 0.05), "word_start_mae_ms": ("<=", 50.0),
@@ -59,6 +62,44 @@ def _sets(n_kws: int, n_seq: int, n_calib: int, seed: int = 0):
     seq = SequenceSet(_subset(test, list(range(n_seq))), 3.0, train=False, seed=seed + 1)
     calib = SequenceSet(_subset(train, list(range(n_calib))), 3.0, train=False, seed=seed + 2)
     return kws, list(range(0, len(kws), max(1, len(kws) // n_kws)))[:n_kws], seq, calib
+
+
+def other_sounds(model, n_unknown: int = 120, n_silence: int = 60, seed: int = 0) -> dict:
+    """How the spotter answers what is not a keyword: words it never heard (the test fillers,
+    by held-out voices) and background noise alone. ``*_recall``: the share named
+    ``_unknown_`` / ``_silence_``; ``*_as_keyword``: the share taken for one of the keywords."""
+    from attnlab.domains.audio import data as D
+    from attnlab.domains.audio.train import _unknown
+
+    SILENCE, UNKNOWN = D.SILENCE, D.UNKNOWN
+
+    labels = list(model.config.labels)
+    if UNKNOWN not in labels or SILENCE not in labels:
+        return {"case": "other_sounds", "skipped": "the model has no _unknown_/_silence_ class"}
+    row: dict = {"case": "other_sounds", "n_unknown": n_unknown, "n_silence": n_silence}
+    extra = {labels.index(UNKNOWN), labels.index(SILENCE)}
+    for name, clips in (("unknown", _unknown(D.speech_clips("filler", "test", n_unknown, seed))),
+                        ("silence", D.background_clips(n_silence))):  # fmt: skip
+        data = D.KeywordSet(clips, tuple(labels), train=False, seed=seed + 1)
+        pred = _predictions(model, data)
+        want = labels.index(UNKNOWN if name == "unknown" else SILENCE)
+        row[f"{name}_recall"] = float((pred == want).float().mean())
+        row[f"{name}_as_keyword"] = float(
+            (~torch.isin(pred, torch.tensor(sorted(extra)))).float().mean()
+        )
+    return row
+
+
+@torch.no_grad()
+def _predictions(model, data) -> torch.Tensor:
+    from torch.utils.data import default_collate
+
+    model.eval()
+    out = []
+    for s in range(0, len(data), 64):
+        b = default_collate([data[i] for i in range(s, min(len(data), s + 64))])
+        out.append(model(b["spec"]).argmax(-1))
+    return torch.cat(out)
 
 
 def other_draws(model, seeds: tuple[int, ...] = (1, 2, 3), n: int = 600) -> dict:
@@ -149,7 +190,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     n_kws, n_seq, n_calib = (40, 8, 8) if args.quick else (600, 300, 100)
     kws_set, idx, seq, calib = _sets(n_kws, n_seq, n_calib)
     rows = [keyword_accuracy(keyword_model(), kws_set, idx)]
-    more = [] if args.quick else [other_draws(keyword_model())]
+    more = [other_sounds(keyword_model(), *((24, 12) if args.quick else (120, 60)))]
+    if not args.quick:
+        more.append(other_draws(keyword_model()))
     asr = speech_model()
     rows.append(asr_metrics(asr, seq))
     rows.extend(head_comparison(asr, seq, calib))

@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 
 from .speech import synthesize, voice_variants
 
-__all__ = ["SAMPLE_RATE", "N_MELS", "HOP", "WIN", "KEYWORDS", "TEST_VARIANTS", "MIN_SECONDS",
+__all__ = ["SAMPLE_RATE", "N_MELS", "HOP", "WIN", "KEYWORDS", "FILLERS", "UNKNOWN", "SILENCE",
+           "TEST_VARIANTS", "filler_words", "background_clips", "join_clips", "MIN_SECONDS",
            "MAX_SECONDS", "AUDIO_SUFFIXES", "read_audio", "prepare", "log_mel", "spec_augment",
            "augment", "speed_perturb", "warp_frequencies", "Clips", "speech_clips",
            "split_variants", "KeywordSet", "SequenceSet", "folder_clips", "cache_dir"]  # fmt: skip
@@ -47,6 +48,19 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 #: the 20 keywords: the ten digits and ten commands (as in Warden 2018, Speech Commands)
 KEYWORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
             "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # fmt: skip
+
+#: words that are none of the keywords (Speech Commands' auxiliary words and more, none sounding
+#: like a keyword): spoken as the ``_unknown_`` class; the last 12 are heard only in tests
+FILLERS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
+           "backward", "forward", "follow", "learn", "visual", "apple", "table", "water",
+           "music", "paper", "window", "garden", "river", "yellow", "purple", "orange", "green",
+           "little", "number", "people", "morning", "evening", "coffee", "doctor", "pencil",
+           "monkey", "tiger", "rabbit", "button", "camera", "rocket", "silver", "winter",
+           "summer", "basket", "candle", "dinner", "letter", "planet", "circle", "bottle",
+           "kitchen", "island", "bridge", "castle", "forest", "mountain", "ocean", "shadow",
+           "thunder", "lemon", "banana", "tomato", "pillow", "jacket", "engine", "pocket",
+           "sugar", "market", "village", "wizard", "yogurt")  # fmt: skip
+UNKNOWN, SILENCE = "_unknown_", "_silence_"
 
 #: voice variants kept out of training: the held-out voices of every test split
 TEST_VARIANTS = ("Andy", "Annie", "f4", "m4", "klatt3", "linda", "quincy", "steph2",
@@ -206,16 +220,20 @@ def spec_augment(spec: Tensor, rng: random.Random, freq_masks: int = 2, freq_wid
 
 
 def augment(x: Tensor, rng: random.Random) -> Tensor:
-    """Background noise (white or brown, SNR 10..40 dB) and a gain of -24..+6 dB, clipped to
-    [-1, 1] as a recorder would."""
+    """Background noise (white or brown, SNR 10..40 dB; -60..-20 dBFS when ``x`` is silent) and
+    a gain of -24..+6 dB, clipped to [-1, 1] as a recorder would."""
     g = torch.Generator().manual_seed(rng.getrandbits(31))
     noise = torch.randn(x.shape, generator=g)
     if rng.random() < 0.5:  # brown: integrated white noise, rumble-like
         noise = torch.cumsum(noise, 0)
         noise = noise - torch.linspace(float(noise[0]), float(noise[-1]), len(noise))
-    power = x.pow(2).mean().clamp(min=1e-8)
+    power = x.pow(2).mean()
     snr = rng.uniform(10.0, 40.0)
-    noise = noise * torch.sqrt(power / noise.pow(2).mean().clamp(min=1e-12) / 10 ** (snr / 10))
+    if power < 1e-8:  # no signal (a background clip): noise at -60..-20 dBFS of its own
+        target = 10 ** (rng.uniform(-60.0, -20.0) / 10)
+    else:
+        target = power / 10 ** (snr / 10)
+    noise = noise * torch.sqrt(target / noise.pow(2).mean().clamp(min=1e-12))
     gain = 10 ** (rng.uniform(-24.0, 6.0) / 20)
     return ((x + noise) * gain).clamp(-1.0, 1.0)
 
@@ -306,24 +324,42 @@ def _speak_clip(words: list[str], rng: random.Random, variants: tuple[str, ...],
     return pcm, [lead + s for _, s in starts], voice
 
 
+def filler_words(split: str) -> tuple[str, ...]:
+    """The :data:`FILLERS` of ``"train"`` (all but the last 12) or ``"test"`` (the last 12)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return FILLERS[-12:] if split == "test" else FILLERS[:-12]
+
+
+def background_clips(n: int) -> Clips:
+    """``n`` clips of no speech at all, labelled :data:`SILENCE`: empty, so that
+    :class:`KeywordSet` hears only its background noise (white or brown, any gain)."""
+    return Clips(np.zeros(0, np.int16), np.zeros(n + 1, np.int64), [SILENCE] * n,
+                 [[] for _ in range(n)], [""] * n)  # fmt: skip
+
+
 def speech_clips(
     kind: str, split: str, n: int, seed: int = 0, max_words: int = 4, max_seconds: float = 3.0
 ) -> Clips:
     """``n`` clean clips, generated from ``seed`` or read from the cache.
 
     Args:
-        kind: ``"keyword"`` (one of :data:`KEYWORDS`, classes balanced) or ``"sequence"``
-            (1..``max_words`` keywords).
+        kind: ``"keyword"`` (one of :data:`KEYWORDS`, classes balanced), ``"sequence"``
+            (1..``max_words`` keywords) or ``"filler"`` (one of the split's
+            :func:`filler_words`, balanced; the text is the word itself).
         split: ``"train"`` or ``"test"`` (voices of :func:`split_variants`).
         n: number of clips.
         seed: generator seed (the split is mixed in, so train and test never coincide).
         max_words: most keywords in a sequence.
         max_seconds: longest clip; a longer draw is drawn again.
     """
-    if kind not in ("keyword", "sequence"):
-        raise ValueError(f"kind must be 'keyword' or 'sequence', got {kind!r}")
+    if kind not in ("keyword", "sequence", "filler"):
+        raise ValueError(f"kind must be 'keyword', 'sequence' or 'filler', got {kind!r}")
     variants = split_variants(split)
-    key = json.dumps([kind, split, n, seed, max_words, max_seconds, variants, 1])
+    parts = [kind, split, n, seed, max_words, max_seconds, variants, 1]
+    if kind == "filler":
+        parts.append(filler_words(split))
+    key = json.dumps(parts)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_dir() / f"{kind}-{split}-{n}-{seed}-{digest}.npz"
     if path.is_file():
@@ -340,6 +376,9 @@ def speech_clips(
         while True:  # redrawn when too long, or when eSpeak speaks two words as one
             if kind == "keyword":  # ("no one" is a single word event)
                 words, pad = [KEYWORDS[i % len(KEYWORDS)]], (0.05, 0.3)
+            elif kind == "filler":
+                fill = filler_words(split)
+                words, pad = [fill[i % len(fill)]], (0.05, 0.3)
             else:
                 words = [rng.choice(KEYWORDS) for _ in range(rng.randint(1, max_words))]
                 pad = (0.05, 0.4)
@@ -358,6 +397,16 @@ def speech_clips(
     np.savez(tmp, audio=clips.audio, offsets=offsets, meta=np.array(meta))
     os.replace(tmp, path)
     return clips
+
+
+def join_clips(*parts: Clips) -> Clips:
+    """The clips of ``parts`` one after another, as one :class:`Clips`."""
+    audio = np.concatenate([p.audio for p in parts])
+    sizes = np.concatenate([np.diff(p.offsets) for p in parts])
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    texts = [t for p in parts for t in p.texts]
+    starts = [s for p in parts for s in p.starts]
+    return Clips(audio, offsets, texts, starts, [v for p in parts for v in p.voices])
 
 
 def folder_clips(root: str | os.PathLike, max_seconds: float = 8.0) -> Clips:

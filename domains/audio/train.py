@@ -28,16 +28,20 @@ from attnlab.core.train_config import TrainConfig
 
 from .data import (
     KEYWORDS,
+    SILENCE,
+    UNKNOWN,
     Clips,
     KeywordSet,
     SequenceSet,
+    background_clips,
     folder_clips,
     frames_for,
+    join_clips,
     speech_clips,
 )
 from .model import IGNORE, SpeechSeq2Seq
 
-__all__ = ["char_error_rate", "asr_probe", "collate_speech", "split_clips"]
+__all__ = ["char_error_rate", "asr_probe", "keyword_probe", "collate_speech", "split_clips"]
 
 
 def split_clips(clips: Clips, every: int = 5) -> tuple[Clips, Clips]:
@@ -137,7 +141,7 @@ def _own(args: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 _KWS = {"num_train": 30000, "num_eval": 600, "seconds": 1.0, "path": "", "speed": False,
-        "warp": 0.0}  # fmt: skip
+        "warp": 0.0, "unknown": 0, "silence": 0}  # fmt: skip
 
 
 @register_recipe(
@@ -163,7 +167,9 @@ _KWS = {"num_train": 30000, "num_eval": 600, "seconds": 1.0, "path": "", "speed"
     ),  # fmt: skip
 )
 def kws_recipe(cfg: TrainConfig) -> RecipeParts:
-    """AST-style keyword spotter on 20 eSpeak NG keywords (or data.path=DIR of labelled audio)."""
+    """AST-style keyword spotter on 20 eSpeak NG keywords (or data.path=DIR of labelled audio);
+    ``data.unknown=N`` / ``data.silence=N`` add Speech Commands' ``_unknown_`` (N clips of other
+    words) and ``_silence_`` (N clips of background noise alone) classes."""
     a = _own(cfg.data_args, _KWS)
     if a["path"]:
         train_clips, test_clips = split_clips(folder_clips(a["path"], max_seconds=a["seconds"]))
@@ -172,12 +178,64 @@ def kws_recipe(cfg: TrainConfig) -> RecipeParts:
         train_clips = speech_clips("keyword", "train", a["num_train"], seed=cfg.seed)
         test_clips = speech_clips("keyword", "test", a["num_eval"], seed=cfg.seed)
         labels = list(KEYWORDS)
+        extra_train, extra_test = [], []
+        if a["unknown"]:
+            n_test = max(12, a["num_eval"] // 5)
+            extra_train.append(_unknown(speech_clips("filler", "train", a["unknown"], cfg.seed)))
+            extra_test.append(_unknown(speech_clips("filler", "test", n_test, cfg.seed)))
+            labels.append(UNKNOWN)
+        if a["silence"]:
+            extra_train.append(background_clips(a["silence"]))
+            extra_test.append(background_clips(max(10, a["num_eval"] // 10)))
+            labels.append(SILENCE)
+        train_clips = join_clips(train_clips, *extra_train)
+        test_clips = join_clips(test_clips, *extra_test)
     frames = frames_for(a["seconds"])
     model = create(cfg.model, **{"labels": labels, "frames": frames, **cfg.model_args})
     train_set = KeywordSet(train_clips, tuple(labels), a["seconds"], train=True, seed=cfg.seed,
                            speed=bool(a["speed"]), warp=a["warp"])  # fmt: skip
     eval_set = KeywordSet(test_clips, tuple(labels), a["seconds"], train=False, seed=cfg.seed + 1)
-    return RecipeParts(model, train_set, eval_set)
+
+    def evaluate(m: nn.Module, step: int | None) -> dict[str, float]:
+        return keyword_probe(m, eval_set)
+
+    return RecipeParts(model, train_set, eval_set, evaluate=evaluate)
+
+
+def _unknown(clips: Clips) -> Clips:
+    return dataclasses.replace(clips, texts=[UNKNOWN] * len(clips))
+
+
+@torch.no_grad()
+def keyword_probe(model: nn.Module, data: KeywordSet, batch: int = 64) -> dict[str, float]:
+    """Accuracy over every held-out clip (``eval_acc``), over the keywords alone
+    (``keyword_acc``), and the share of ``_unknown_`` / ``_silence_`` clips recognised as such."""
+    from torch.utils.data import default_collate
+
+    was = model.training
+    model.eval()
+    try:
+        preds, ys, loss = [], [], 0.0
+        for s in range(0, len(data), batch):
+            b = default_collate([data[i] for i in range(s, min(len(data), s + batch))])
+            logits = model(b["spec"])
+            loss += float(torch.nn.functional.cross_entropy(logits, b["label"], reduction="sum"))
+            preds.append(logits.argmax(-1))
+            ys.append(b["label"])
+        p, y = torch.cat(preds), torch.cat(ys)
+        out = {"eval_acc": float((p == y).float().mean()), "eval_loss": loss / len(y)}
+        labels = list(data.labels)
+        extra = [labels.index(c) for c in (UNKNOWN, SILENCE) if c in labels]
+        words = ~torch.isin(y, torch.tensor(extra, dtype=y.dtype))
+        if extra and bool(words.any()):
+            out["keyword_acc"] = float((p[words] == y[words]).float().mean())
+        for name in (UNKNOWN, SILENCE):
+            if name in labels and bool((y == labels.index(name)).any()):
+                hit = y == labels.index(name)
+                out[f"{name.strip('_')}_recall"] = float((p[hit] == y[hit]).float().mean())
+        return out
+    finally:
+        model.train(was)
 
 
 _ASR = {"num_train": 6000, "num_eval": 300, "num_calib": 100, "seconds": 3.0, "path": ""}

@@ -160,3 +160,35 @@ def test_frequency_warp_moves_a_tone_along_the_mel_axis():
         band = int(D.warp_frequencies(spec, alpha).mean(1).argmax())
         want = int(np.abs(freqs - f0 * alpha).argmin())
         assert abs(band - want) <= 1, (f0, alpha, band, want)
+
+
+def test_filler_words_split_and_never_name_a_keyword():
+    train, test = D.filler_words("train"), D.filler_words("test")
+    assert len(test) == 12 and not set(train) & set(test)
+    assert set(train) | set(test) == set(D.FILLERS)
+    assert not set(D.FILLERS) & set(D.KEYWORDS)
+    with pytest.raises(ValueError, match="split"):
+        D.filler_words("dev")
+    clips = D.speech_clips("filler", "test", 14, seed=3)
+    assert set(clips.texts) <= set(test) and len(set(clips.texts)) == 12
+    assert {v.split("+")[1] for v in clips.voices} <= set(D.TEST_VARIANTS)
+
+
+def test_background_clips_hear_noise_at_a_stated_level_and_join():
+    import random
+
+    bg = D.background_clips(5)
+    assert len(bg) == 5 and bg.texts == [D.SILENCE] * 5 and len(bg.wave(3)) == 0
+    seed = int(torch.randint(0, 2**31, ()).item())
+    for k in range(20):
+        x = D.augment(torch.zeros(16000), random.Random(seed + k))
+        db = 10 * np.log10(float(x.pow(2).mean()))
+        assert -24 - 60 - 0.5 <= db <= 6 - 20 + 0.5, db  # -60..-20 dBFS, then the gain
+    words = D.speech_clips("keyword", "test", 40, seed=0)
+    both = D.join_clips(words, bg)
+    assert len(both) == 45 and both.texts[-1] == D.SILENCE
+    for i in (0, 17, 39):
+        assert torch.equal(both.wave(i), words.wave(i))
+    ds = D.KeywordSet(both, (*D.KEYWORDS, D.SILENCE), train=False)
+    item = ds[44]
+    assert item["label"] == 20 and float(item["spec"].std()) > 0.05  # noise, not a flat floor

@@ -69,3 +69,55 @@ def test_char_error_rate_is_levenshtein():
     assert char_error_rate(["kitten"], ["sitting"]) == pytest.approx(3 / 7)
     assert char_error_rate(["", "go"], ["ab", "go"]) == pytest.approx(2 / 4)
     assert np.isfinite(char_error_rate([""], [""]))
+
+
+def test_keyword_probe_counts_keywords_unknown_and_silence_apart():
+    from attnlab.domains.audio import data as D
+    from attnlab.domains.audio.train import keyword_probe
+
+    labels = ("yes", "no", D.UNKNOWN, D.SILENCE)
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ()).item()))
+    y = rng.integers(0, 4, 50)
+    guess = np.where(rng.random(50) < 0.6, y, rng.integers(0, 4, 50))
+
+    class Data:  # items carry their own index so that the fake model can answer per item
+        def __init__(self):
+            self.labels = labels
+
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):
+            return {"spec": torch.tensor([float(i)]), "label": torch.tensor(int(y[i]))}
+
+    class Model(torch.nn.Module):
+        def forward(self, spec):
+            out = torch.full((len(spec), 4), -5.0)
+            out[torch.arange(len(spec)), torch.as_tensor(guess)[spec[:, 0].long()]] = 5.0
+            return out
+
+    m = keyword_probe(Model(), Data(), batch=7)
+    assert m["eval_acc"] == pytest.approx(float((guess == y).mean()))
+    words = y < 2
+    assert m["keyword_acc"] == pytest.approx(float((guess[words] == y[words]).mean()))
+    for name, c in (("unknown", 2), ("silence", 3)):
+        assert m[f"{name}_recall"] == pytest.approx(float((guess[y == c] == c).mean()))
+
+
+def test_kws_recipe_adds_unknown_and_silence_classes_on_request():
+    from attnlab.domains.audio import data as D
+
+    r = get_recipe("audio/kws")
+    assert r.defaults.data_args["unknown"] == r.defaults.data_args["silence"] == 0
+    args = {**r.defaults.data_args, "num_train": 40, "num_eval": 20, "unknown": 16, "silence": 8}
+    parts = r.build(r.defaults.replace(data_args=args, model_args={"dim": 32, "depth": 1}))
+    labels = parts.model.config.labels
+    assert labels == [*D.KEYWORDS, D.UNKNOWN, D.SILENCE]
+    texts = parts.eval_set.clips.texts
+    assert texts.count(D.UNKNOWN) == 12 and texts.count(D.SILENCE) == 10  # the minimums
+    assert parts.train_set.clips.texts.count(D.UNKNOWN) == 16
+    metrics = parts.evaluate(parts.model, None)
+    assert {"eval_acc", "keyword_acc", "unknown_recall", "silence_recall"} <= set(metrics)
+    plain = r.build(r.defaults.replace(data_args={**r.defaults.data_args, "num_train": 40,
+                                                  "num_eval": 20}))  # fmt: skip
+    assert plain.model.config.labels == list(D.KEYWORDS)
