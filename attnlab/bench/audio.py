@@ -81,7 +81,7 @@ def other_sounds(model, n_unknown: int = 120, n_silence: int = 60, seed: int = 0
     for name, clips in (("unknown", _unknown(D.speech_clips("filler", "test", n_unknown, seed))),
                         ("silence", D.background_clips(n_silence))):  # fmt: skip
         data = D.KeywordSet(clips, tuple(labels), train=False, seed=seed + 1)
-        pred = _predictions(model, data)
+        pred, _ = _predictions(model, data)
         want = labels.index(UNKNOWN if name == "unknown" else SILENCE)
         row[f"{name}_recall"] = float((pred == want).float().mean())
         row[f"{name}_as_keyword"] = float(
@@ -91,15 +91,18 @@ def other_sounds(model, n_unknown: int = 120, n_silence: int = 60, seed: int = 0
 
 
 @torch.no_grad()
-def _predictions(model, data) -> torch.Tensor:
+def _predictions(model, data, indices: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, true) class ids of ``data``'s items (all, or ``indices``)."""
     from torch.utils.data import default_collate
 
     model.eval()
-    out = []
-    for s in range(0, len(data), 64):
-        b = default_collate([data[i] for i in range(s, min(len(data), s + 64))])
-        out.append(model(b["spec"]).argmax(-1))
-    return torch.cat(out)
+    idx = list(range(len(data))) if indices is None else list(indices)
+    preds, ys = [], []
+    for s in range(0, len(idx), 64):
+        b = default_collate([data[i] for i in idx[s : s + 64]])
+        preds.append(model(b["spec"]).argmax(-1))
+        ys.append(b["label"])
+    return torch.cat(preds), torch.cat(ys)
 
 
 def other_draws(model, seeds: tuple[int, ...] = (1, 2, 3), n: int = 600) -> dict:
@@ -115,16 +118,9 @@ def other_draws(model, seeds: tuple[int, ...] = (1, 2, 3), n: int = 600) -> dict
             "min_acc": min(accs)}  # fmt: skip
 
 
-@torch.no_grad()
 def keyword_accuracy(model, data, indices: list[int]) -> dict:
-    from torch.utils.data import default_collate
-
-    model.eval()
-    hits = 0
-    for s in range(0, len(indices), 64):
-        b = default_collate([data[i] for i in indices[s : s + 64]])
-        hits += int((model(b["spec"]).argmax(-1) == b["label"]).sum())
-    return {"case": "kws", "n": len(indices), "acc": hits / len(indices)}
+    pred, y = _predictions(model, data, indices)
+    return {"case": "kws", "n": len(indices), "acc": float((pred == y).float().mean())}
 
 
 def asr_metrics(model, seq) -> dict:
