@@ -91,7 +91,7 @@ def other_sounds(model, n_unknown: int = 120, n_silence: int = 60, seed: int = 0
 
 
 @torch.no_grad()
-def _predictions(model, data, indices: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _predictions(model, data, indices: list[int] | None = None) -> tuple[torch.Tensor, ...]:
     """(predicted, true) class ids of ``data``'s items (all, or ``indices``)."""
     from torch.utils.data import default_collate
 
