@@ -23,7 +23,7 @@ import numpy as np
 from attnlab.apps import guard
 from attnlab.apps import music_lab as lab
 from attnlab.apps.guard import as_choice, as_float, as_int
-from attnlab.domains.music.generate import generate
+from attnlab.domains.music.generate import MAX_HOLD, generate
 from attnlab.domains.music.synth import SAMPLE_RATE, render
 from attnlab.domains.music.tokens import decode, tokens_to_notes
 
@@ -190,7 +190,9 @@ def generate_pair(state: Any, n_prime: Any, n_new: Any, temperature: Any, top_k:
         na = lab.attention(kind, g.tokens)  # computed here, on the long queue
         new_notes = [i for i, n in enumerate(na.notes) if n["on"] >= len(prime)]
         out[f"{kind}_new"] = new_notes
-        lines.append(f"music/{kind}: {len(new_notes)} new notes in {n_new} events")
+        ended = (f" ({len(g.forced)} held past {MAX_HOLD} sixteenths and ended for it)"
+                 if g.forced else "")  # fmt: skip
+        lines.append(f"music/{kind}: {len(new_notes)} new notes in {n_new} events{ended}")
         audio.append(_audio(g.tokens, state["tempo"]))
         files.append(lab.midi_path(decode(g.tokens, state["tempo"]),
                                    f"{state['name']}-{kind}"))  # fmt: skip

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from attnlab.core.registry import create
 from attnlab.domains.music.generate import generate, sample_logits
 from attnlab.domains.music.model import MusicConfig
-from attnlab.domains.music.tokens import VOCAB_SIZE
+from attnlab.domains.music.tokens import NOTE_OFF, TIME_SHIFT, VOCAB_SIZE, tokens_to_notes
 
 
 def naive_relative_attention(attn, x):
@@ -174,3 +174,43 @@ def test_shipped_models_match_their_cards_and_relative_beats_absolute():
         assert got == pytest.approx(card["metrics"]["test_nll"], abs=1e-3)
         nll[kind] = got
     assert nll["relative"] < nll["absolute"]
+
+
+class _ShiftOnly(torch.nn.Module):
+    """Proposes the same time shift at every step and never a note-off (a model that forgets
+    to end its notes, the worst case)."""
+
+    def __init__(self, shift: int):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.config = SimpleNamespace(vocab_size=VOCAB_SIZE, max_len=4096)
+        self.shift = shift
+
+    def make_cache(self):
+        return None
+
+    def forward(self, tokens, cache=None):
+        out = torch.full((*tokens.shape, VOCAB_SIZE), -30.0)
+        out[..., TIME_SHIFT + self.shift - 1] = 30.0
+        return out + self.w
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_max_hold_ends_every_note_a_forgetful_model_would_hold(use_cache):
+    rng = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
+    max_hold = int(torch.randint(8, 40, (), generator=rng))
+    shift = int(torch.randint(1, 9, (), generator=rng))
+    prime = [60, TIME_SHIFT + 9, 64, 67]  # 60 has sounded 10 steps when 64 and 67 start
+    model = _ShiftOnly(shift)
+    g = generate(model, prime, 40, seed=1, use_cache=use_cache, max_hold=max_hold)
+    notes = tokens_to_notes(g.tokens)
+    assert max(n.end - n.start for n in notes) <= max_hold
+    assert sorted(g.tokens[i] - NOTE_OFF for i in g.forced) == [60, 64, 67]  # each ended once
+    assert all(t == TIME_SHIFT + shift - 1 for i, t in enumerate(g.new, 4) if i not in g.forced)
+    free = generate(model, prime, 40, seed=1, use_cache=use_cache, max_hold=None)
+    assert free.forced == () and max(n.end - n.start for n in tokens_to_notes(free.tokens)) > 40
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="max_hold"):
+            generate(model, prime, 4, max_hold=bad)
