@@ -144,8 +144,8 @@ def _slice_call(
     full keys at all); otherwise one call with a mask over all keys.
     """
     qi = q.span(rows[0], rows[1])
-    if not split:
-        keys = sorted(full + partial)
+    if not split:  # one range where full and partial blocks touch: a view, not a copy
+        keys = _merge_ranges(sorted(full + partial))
         bias = _keys_bias(q, call, L, S, rows, keys) if partial else None
         return fused_attention(
             qi,
@@ -233,16 +233,20 @@ def _gather_call(
     return out, lse
 
 
-def _ranges(idx: list[int], block: int, n: int) -> list[tuple[int, int]]:
-    """Sorted block indices -> merged position ranges [a, b)."""
+def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted [a, b) ranges with touching ones joined."""
     out: list[list[int]] = []
-    for j in idx:
-        a, b = j * block, min(n, (j + 1) * block)
+    for a, b in ranges:
         if out and out[-1][1] == a:
             out[-1][1] = b
         else:
             out.append([a, b])
     return [(a, b) for a, b in out]
+
+
+def _ranges(idx: list[int], block: int, n: int) -> list[tuple[int, int]]:
+    """Sorted block indices -> merged position ranges [a, b)."""
+    return _merge_ranges([(j * block, min(n, (j + 1) * block)) for j in idx])
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall):

@@ -166,3 +166,24 @@ def test_the_trainer_runs_a_recipe_on_cuda_and_lowers_the_loss(tmp_path):
     assert next(result.model.parameters()).device.type == "cuda"
     losses = [r["loss"] for r in result.records if "loss" in r]
     assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("mask", ["causal", "prefix"])
+def test_tiled_backward_memory_stays_near_sdpa(mask):
+    """Forward + backward of ``tiled`` keeps about what SDPA keeps, not O(L^2): each query
+    block's keys are one view of k/v (a concatenated copy per block was kept for backward)."""
+    L = 2048
+    spec = M.causal() if mask == "causal" else M.prefix_lm(L // 8)
+    q, k, v = (t.requires_grad_() for t in _qkv(5, B=2, Hq=8, Hk=8, L=L, S=L, D=64))
+
+    def peak(backend):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        attention(q, k, v, mask=spec, backend=backend).sum().backward()
+        torch.cuda.synchronize()
+        q.grad = k.grad = v.grad = None
+        return torch.cuda.max_memory_allocated() - base
+
+    sdpa, tiled = peak("sdpa"), peak("tiled")
+    assert tiled <= 3 * sdpa, (tiled / 2**20, sdpa / 2**20)
