@@ -29,22 +29,21 @@ Rows:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from attnlab.bench.harness import machine_info, run_suite
+from attnlab.bench.harness import judge, machine_info, row_line, run_suite, write_result
 from attnlab.core.timing import time_runs
 
 __all__ = ["main", "keyword_accuracy", "other_sounds", "other_draws", "asr_metrics",
            "head_comparison", "demo_latency"]  # fmt: skip
 
 RESULTS = Path(__file__).parent / "results"
-TARGETS = {"kws_acc": (">=", 0.95), "cer": ("<=", 0.05), "word_start_mae_ms": ("<=", 50.0),
-           "demo_ms": ("<=", 300.0)}  # fmt: skip
+TARGETS = {"kws_acc": ("min", 0.95), "cer": ("max", 0.05), "word_start_mae_ms": ("max", 50.0),
+           "demo_ms": ("max", 300.0)}  # fmt: skip
 
 
 def _sets(n_kws: int, n_seq: int, n_calib: int, seed: int = 0):
@@ -176,10 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     )
 
 
-def _check(value: float, op: str, target: float) -> bool:
-    return value >= target if op == ">=" else value <= target
-
-
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from attnlab.domains.audio.infer import keyword_model, speech_model
 
@@ -195,24 +190,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     rows.append(demo_latency(2 if args.quick else 5))
     rows += more
     for r in rows:
-        print(" ".join(f"{k}={v}" for k, v in r.items() if k != "single_head_test_mae_ms"))
+        print(row_line(r, skip=("includes", "single_head_test_mae_ms")), flush=True)
     values = {"kws_acc": rows[0]["acc"], "cer": rows[1]["cer"],
               "word_start_mae_ms": rows[2]["mae_ms"], "demo_ms": rows[4]["time_ms"]}  # fmt: skip
-    result = {
-        "command": " ".join(["attnlab bench audio", *argv]),
-        "machine": machine_info(),
-        "quick": args.quick,
-        "rows": rows,
-        "targets": {k: {"value": values[k], "target": f"{op} {t}",
-                        "pass": _check(values[k], op, t)} for k, (op, t) in TARGETS.items()},
-    }  # fmt: skip
-    for k, v in result["targets"].items():
-        print(f"target {k}: {v['value']:.4g} {v['target']}: {'pass' if v['pass'] else 'FAIL'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
-    return 0
+    return write_result("audio", argv, args, rows, judge(values, TARGETS), machine_info())
 
 
 if __name__ == "__main__":

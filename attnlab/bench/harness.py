@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import sys
@@ -73,6 +74,36 @@ def run_suite(
     args = p.parse_args(argv)
     with torch_threads(args.threads):
         return run(args, argv)
+
+
+def row_line(row: dict, skip: tuple[str, ...] = ("includes",)) -> str:
+    """A result row as the suites print it: ``key=value`` pairs, the ``skip`` keys left out."""
+    return " ".join(f"{k}={v}" for k, v in row.items() if k not in skip)
+
+
+def judge(checks: dict[str, float], targets: dict[str, tuple[str, float]]) -> dict[str, dict]:
+    """Each measured check against its target (``("max", t)``: value <= t; ``("min", t)``:
+    value >= t), printed: ``{name: {"value", "target_max" | "target_min", "pass"}}``."""
+    out = {}
+    for k, v in checks.items():
+        kind, t = targets[k]
+        ok = v <= t if kind == "max" else v >= t
+        out[k] = {"value": v, f"target_{kind}": t, "pass": ok}
+        sign = "<=" if kind == "max" else ">="
+        print(f"target {k}: {v:.4g} {sign} {t}: {'pass' if ok else 'FAIL'}", flush=True)
+    return out
+
+
+def write_result(name: str, argv: list[str], args: argparse.Namespace, rows: list[dict],
+                 targets: dict[str, dict], machine: dict) -> int:  # fmt: skip
+    """Write a domain suite's JSON (command, machine, quick, rows, targets) to ``args.out``."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"command": " ".join([f"attnlab bench {name}", *argv]), "machine": machine,
+              "quick": args.quick, "rows": rows, "targets": targets}  # fmt: skip
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return 0
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

@@ -24,7 +24,6 @@ Cases:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.bench.harness import machine_info, run_suite
+from attnlab.bench.harness import judge, machine_info, row_line, run_suite, write_result
 from attnlab.core import registry
 from attnlab.core.timing import Measurement, peak_bytes, time_runs
 
@@ -204,10 +203,6 @@ def generate_rows(quick: bool) -> list[dict]:
     return rows
 
 
-def _line(row: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in row.items() if k != "includes")
-
-
 def main(argv: list[str] | None = None) -> int:
     return run_suite(
         argv,
@@ -225,7 +220,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     rows: list[dict] = []
     for part in (nll_rows, kv_cache_rows, skew_rows, demo_rows, generate_rows):
         for r in part(q):
-            print(_line(r), flush=True)
+            print(row_line(r), flush=True)
             rows.append(r)
     checks = {}
     view = [r for r in rows if r["case"] == "demo" and "time_ms" in r]
@@ -239,22 +234,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         checks["relative_minus_absolute_nll"] = round(
             nll["music/relative"] - nll["music/absolute"], 4
         )
-    targets = {}
-    for k, v in checks.items():
-        kind, t = TARGETS[k]
-        ok = v <= t if kind == "max" else v >= t
-        targets[k] = {"value": v, f"target_{kind}": t, "pass": ok}
-        print(
-            f"target {k}: {v} {'<=' if kind == 'max' else '>='} {t}: {'pass' if ok else 'FAIL'}",
-            flush=True,
-        )
-    result = {"command": " ".join(["attnlab bench music", *argv]), "machine": machine,
-              "quick": q, "rows": rows, "targets": targets}  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
-    return 0
+    return write_result("music", argv, args, rows, judge(checks, TARGETS), machine)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlab.bench.harness import machine_info, run_suite
+from attnlab.bench.harness import judge, machine_info, row_line, run_suite, write_result
 from attnlab.core.capture import record_attention
 from attnlab.core.timing import Measurement, time_runs
 
 __all__ = ["main", "demo_latency", "recording_cost", "pointing_table"]
 
 RESULTS = Path(__file__).parent / "results"
-TARGETS = {"demo_ms": 200.0, "recording_ratio": 1.20}
+TARGETS = {"demo_ms": ("max", 200.0), "recording_ratio": ("max", 1.20)}
 TIMM_MODEL = "vit_small_patch16_224"
 
 
@@ -167,10 +166,6 @@ def pointing_table(n: int = 500) -> list[dict]:
     return rows
 
 
-def _line(row: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in row.items() if k != "includes")
-
-
 def main(argv: list[str] | None = None) -> int:
     return run_suite(
         argv,
@@ -184,34 +179,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     rounds, repeats = (1, 2) if args.quick else (3, 5)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     rows = demo_latency(rounds, repeats)
     rec = recording_cost(rounds, repeats)
     rows.append(rec)
     rows += pointing_table(50 if args.quick else 500)
     for r in rows:
-        print(_line(r), flush=True)
+        print(row_line(r), flush=True)
     demos = [r for r in rows if r["case"] == "demo" and "time_ms" in r]
     demo = next(r for r in demos if r["model"] == TIMM_MODEL)
     checks = {"demo_ms": demo["time_ms"], "recording_ratio": rec["ratio"]}
-    result = {
-        "command": " ".join(["attnlab bench vision", *argv]),
-        "machine": machine,
-        "quick": args.quick,
-        "rows": rows,
-        "targets": {k: {"value": checks[k], "target_max": t, "pass": checks[k] <= t}
-                    for k, t in TARGETS.items()},
-    }  # fmt: skip
-    for k, v in result["targets"].items():
-        print(
-            f"target {k}: {v['value']} <= {v['target_max']}: {'pass' if v['pass'] else 'FAIL'}",
-            flush=True,
-        )
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
-    return 0
+    return write_result("vision", argv, args, rows, judge(checks, TARGETS), machine)
 
 
 if __name__ == "__main__":
