@@ -1,9 +1,11 @@
 """Fixtures for the browser tests: Debian's chromium driven by Python playwright (never a
 downloaded browser), and the demo suite served on 127.0.0.1 on a free port, always closed."""
 
+import contextlib
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -32,20 +34,28 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def suite_url(chromium_path):
-    """URL of the demo suite, launched without blocking and closed after the module."""
+@contextlib.contextmanager
+def serve(tab: str | None = None, **launch: object) -> Iterator[str]:
+    """The demo suite (or one ``tab``) served on 127.0.0.1 on a free port: yields its URL and
+    closes it afterwards; ``launch`` goes to ``suite.launch`` (e.g. ``max_file_size``)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from attnlab.apps import suite
 
     port = _free_port()
     page = None
     try:
-        page = suite.launch(server_port=port, prevent_thread_lock=True, quiet=True)
+        page = suite.launch(tab, server_port=port, prevent_thread_lock=True, quiet=True, **launch)
         yield f"http://127.0.0.1:{port}/"
     finally:
         if page is not None:
             page.close()
+
+
+@pytest.fixture(scope="module")
+def suite_url(chromium_path):
+    """URL of the demo suite, launched without blocking and closed after the module."""
+    with serve() as url:
+        yield url
 
 
 @pytest.fixture()

@@ -3,11 +3,12 @@ the transcription, the word times beside the true starts; an empty phrase is ans
 readable message."""
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.conftest import serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 SHOT = Path(os.environ.get("ATTNLAB_SHOTS") or tempfile.gettempdir()) / "audio_demo.png"
@@ -16,22 +17,12 @@ SHOT = Path(os.environ.get("ATTNLAB_SHOTS") or tempfile.gettempdir()) / "audio_d
 @pytest.fixture(scope="module")
 def audio_url(chromium_path):
     """The suite with the Audio tab alone, on 127.0.0.1, closed after the module."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from attnlab.apps import suite
     from attnlab.core.registry import list_weights
 
     if not {"audio/kws", "audio/asr"} <= set(list_weights()):
         pytest.skip("the shipped audio weights are not in this checkout")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    page = None
-    try:
-        page = suite.launch("audio", server_port=port, prevent_thread_lock=True, quiet=True)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        if page is not None:
-            page.close()
+    with serve("audio") as url:
+        yield url
 
 
 def test_audio_tab_speaks_and_analyses_a_phrase(audio_url, browser_page):

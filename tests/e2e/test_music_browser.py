@@ -3,11 +3,12 @@ the piano roll redraws the arcs, a continuation plays and is downloadable, and a
 not music is answered with a readable message."""
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.conftest import serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 SHOT = Path(os.environ.get("ATTNLAB_SHOTS") or tempfile.gettempdir()) / "music_demo.png"
@@ -16,23 +17,13 @@ SHOT = Path(os.environ.get("ATTNLAB_SHOTS") or tempfile.gettempdir()) / "music_d
 @pytest.fixture(scope="module")
 def music_url(chromium_path):
     """The suite with the Music tab alone, on 127.0.0.1, closed after the module."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from attnlab.apps import music, suite
+    from attnlab.apps import music
     from attnlab.core import registry
 
     if not all(n in registry.list_weights() for n in ("music/relative", "music/absolute")):
         pytest.skip("the music weights are not shipped in this checkout")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    page = None
-    try:
-        page = suite.launch("music", server_port=port, prevent_thread_lock=True, quiet=True,
-                            max_file_size=music.MAX_FILE_SIZE)  # fmt: skip
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        if page is not None:
-            page.close()
+    with serve("music", max_file_size=music.MAX_FILE_SIZE) as url:
+        yield url
 
 
 def _roll_src(page) -> str:

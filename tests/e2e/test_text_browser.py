@@ -2,11 +2,12 @@
 script and the saliency on the words; an empty sentence is answered with a readable message."""
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.conftest import serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 SHOT = Path(os.environ.get("ATTNLAB_SHOTS") or tempfile.gettempdir()) / "text_demo.png"
@@ -15,19 +16,8 @@ SHOT = Path(os.environ.get("ATTNLAB_SHOTS") or tempfile.gettempdir()) / "text_de
 @pytest.fixture(scope="module")
 def text_url(chromium_path):
     """The suite with the Text tab alone, on 127.0.0.1, closed after the module."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from attnlab.apps import suite
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    page = None
-    try:
-        page = suite.launch("text", server_port=port, prevent_thread_lock=True, quiet=True)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        if page is not None:
-            page.close()
+    with serve("text") as url:
+        yield url
 
 
 def test_text_tab_analyses_a_sentence(text_url, browser_page):

@@ -2,11 +2,12 @@
 and see what it attends to; a corrupt upload is answered with a readable message."""
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.conftest import serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 SHOT = Path(os.environ.get("ATTNLAB_SHOTS") or tempfile.gettempdir()) / "vision_demo.png"
@@ -16,8 +17,6 @@ SHOT = Path(os.environ.get("ATTNLAB_SHOTS") or tempfile.gettempdir()) / "vision_
 def vision_url(chromium_path, tmp_path_factory):
     """The suite with the Vision tab alone (shipped weights, or untrained stand-ins where this
     checkout does not ship them), on 127.0.0.1, closed after the module."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from attnlab.apps import suite
     from attnlab.core import registry
     from attnlab.domains.vision.data import SHAPES
 
@@ -28,17 +27,10 @@ def vision_url(chromium_path, tmp_path_factory):
                             std=[0.25] * 3)  # fmt: skip
         registry.save_weights(m, "vision/locate", {}, root=root)
         mp.setenv("ATTNLAB_WEIGHTS", str(root))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    page = None
     try:
-        page = suite.launch("vision", server_port=port, prevent_thread_lock=True, quiet=True,
-                            max_file_size="50mb")  # fmt: skip
-        yield f"http://127.0.0.1:{port}/"
+        with serve("vision", max_file_size="50mb") as url:
+            yield url
     finally:
-        if page is not None:
-            page.close()
         mp.undo()
 
 
